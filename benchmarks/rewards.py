@@ -1,0 +1,142 @@
+"""Reward throughput: sandboxed programs/s vs the same programs unsandboxed, and math checks/s.
+
+    python benchmarks/rewards.py [--programs 200] [--repeats 3] [--out benchmarks/results/rewards_cpu.json]
+
+The program batch is half correct, half failing (wrong answer, runtime error) small stdin/stdout
+programs with 3 tests each. "Sandboxed" runs them through `Sandbox` (namespaces, dropped uid,
+rlimits, one forked process per test) with one slot per core; "unsandboxed" runs the same tests with
+plain `exec` in a `ProcessPoolExecutor` of the same size (no isolation at all). Both are timed side by
+side, alternating, and the medians are reported with their ratio. Math: `RewardScorer.score_batch` on
+math items (worker processes running math-verify), timed after the pool is warm.
+"""
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from importlib import metadata
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron_mcpo.rewards import RewardScorer, Sandbox, SandboxLimits  # noqa: E402
+from megatron_mcpo.rewards.code import same_stdout  # noqa: E402
+
+PROGRAMS = [  # (program, passes its tests)
+    ("a, b = map(int, input().split())\nprint(a + b)", True),
+    ("n = int(input())\nprint(n)", False),
+    ("import sys\nnums = list(map(int, sys.stdin.read().split()))\nprint(sum(nums))", True),
+    ("a, b = map(int, input().split())\nprint(a - b)", False),
+    ("x = input().split()\nprint(int(x[0]) + int(x[1]))", True),
+    ("raise RuntimeError('bug')", False),
+    ("from functools import reduce\nprint(reduce(lambda s, t: s + int(t), input().split(), 0))", True),
+    ("print(int(input()) + 1)", False),
+]
+TESTS = [("1 2\n", "3"), ("40 2\n", "42"), ("-5 5\n", "0")]
+MATH = [("\\frac{1}{2}", "0.5"), ("2\\sqrt{2}", "\\sqrt{8}"), ("[1,2)", "[1,2)"), ("x^2+2x+1", "(x+1)^2"),
+        ("\\{1,2,3\\}", "\\{3,2,1\\}"), ("3.14", "\\pi"), ("10\\%", "10"), ("\\frac{3}{4}", "0.7")]
+
+
+def _unsandboxed(program: str) -> bool:
+    """Run one program's tests in this (pool worker) process with plain exec."""
+    for stdin, expected in TESTS:
+        out = io.StringIO()
+        sys.stdin = io.StringIO(stdin)
+        try:
+            with contextlib.redirect_stdout(out):
+                exec(compile(program, "solution.py", "exec"), {"__name__": "__main__"})
+        except Exception:
+            return False
+        finally:
+            sys.stdin = sys.__stdin__
+        if not same_stdout(out.getvalue(), expected):
+            return False
+    return True
+
+
+def _sandboxed(sandbox: Sandbox, program: str) -> bool:
+    ok = []
+    sandbox.run(program, [{"stdin": s} for s, _ in TESTS],
+                judge=lambda i, run: ok.append(run.status == "ok" and same_stdout(run.stdout, TESTS[i][1])) or ok[-1])
+    return len(ok) == len(TESTS) and all(ok)
+
+
+def bench_programs(n: int, repeats: int, workers: int) -> dict:
+    batch = [PROGRAMS[i % len(PROGRAMS)] for i in range(n)]
+    expected = [p for _, p in batch]
+    programs = [p for p, _ in batch]
+    sandboxed, unsandboxed = [], []
+    with Sandbox(workers, SandboxLimits()) as sandbox, ThreadPoolExecutor(workers) as threads, \
+            ProcessPoolExecutor(workers) as pool:
+        list(threads.map(lambda p: _sandboxed(sandbox, p), programs[:workers * 2]))  # warm the zygotes
+        list(pool.map(_unsandboxed, programs[:workers * 2]))
+        for _ in range(repeats):
+            t = time.perf_counter()
+            got = list(threads.map(lambda p: _sandboxed(sandbox, p), programs))
+            sandboxed.append(n / (time.perf_counter() - t))
+            assert got == expected, "sandboxed verdicts differ from the intended ones"
+            t = time.perf_counter()
+            got = list(pool.map(_unsandboxed, programs, chunksize=4))
+            unsandboxed.append(n / (time.perf_counter() - t))
+            assert got == expected, "unsandboxed verdicts differ from the intended ones"
+    s, u = statistics.median(sandboxed), statistics.median(unsandboxed)
+    return {"programs": n, "tests_per_program": len(TESTS), "workers": workers,
+            "sandboxed_programs_per_s": round(s, 1), "unsandboxed_programs_per_s": round(u, 1),
+            "sandboxed_over_unsandboxed": round(s / u, 4), "runs_sandboxed": [round(x, 1) for x in sandboxed],
+            "runs_unsandboxed": [round(x, 1) for x in unsandboxed]}
+
+
+def bench_math(n: int, repeats: int, workers: int) -> dict:
+    items = [("math", f"so \\boxed{{{MATH[i % len(MATH)][0]}}}", MATH[i % len(MATH)][1] + " " * (i // len(MATH)))
+             for i in range(n)]  # distinct gold strings: the per-worker gold cache does not help
+    rates = []
+    with RewardScorer(num_workers=workers) as scorer:
+        t = time.perf_counter()
+        scorer.score_batch(items[:workers])
+        warmup = time.perf_counter() - t
+        for _ in range(repeats):
+            t = time.perf_counter()
+            results = scorer.score_batch(items)
+            rates.append(n / (time.perf_counter() - t))
+    acc = sum(r["acc"] for r in results) / n
+    return {"checks": n, "workers": workers, "math_checks_per_s": round(statistics.median(rates), 1),
+            "runs": [round(x, 1) for x in rates], "pool_start_s": round(warmup, 2), "acc": acc}
+
+
+def machine() -> dict:
+    with open("/proc/cpuinfo") as f:
+        model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
+    try:
+        torch = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch = None
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
+            "torch": torch, "math_verify": metadata.version("math-verify")}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--programs", type=int, default=200)
+    parser.add_argument("--math", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                                      "rewards_cpu.json"))
+    args = parser.parse_args()
+    result = {"machine": machine(), "code": bench_programs(args.programs, args.repeats, args.workers),
+              "math": bench_math(args.math, args.repeats, args.workers),
+              "note": "shared 2-core machine: other jobs may have run at the same time; the ratio is measured "
+                      "side by side, alternating, and is the figure to compare"}
+    print(json.dumps(result, indent=2))
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""RL algorithms as pure tensor functions: advantages, policy loss, DAPO pieces, the MCPO contrastive loss.
+
+Algorithm names (`algorithm.name`) and what each one switches on:
+
+* ``grpo``: GRPO advantages (per-prompt mean/std, spec §2.1), PPO-clip policy loss with ε_low = ε_high =
+  0.2 and dual clip c = 3, token-mean aggregation, entropy bonus.
+* ``dapo``: full DAPO (arXiv 2503.14476, spec §2.3): clip-higher (ε_high = 0.28), dynamic sampling
+  (`dapo.dynamic_sampling_filter`, drop groups whose accuracy is all 0 or all 1), token-mean, and overlong
+  reward shaping (`dapo.overlong_penalty`).
+* ``mcpo_grpo`` / ``mcpo_dapo``: the above plus λ·L_CL, the MCPO multi-domain contrastive loss
+  (`mcpo.mcpo_contrastive_loss`, spec §3–§7) on one pool per PPO mini-batch.
+
+Two meanings of "DAPO". The MCPO paper's own DAPO baseline (Appendix A.1.1) keeps the GRPO pipeline and
+only switches verl's reward manager to `dapo`, i.e. adds the overlong penalty: here that is ``grpo`` with
+`algorithm.overlong_buffer_enable=true`, and it is the setting that reproduces the paper's tables. Its
+§5.1 describes DAPO by all its components; that is ``dapo`` here.
+
+Modules: `advantages` (GRPO / Dr.GRPO / RLOO, including across ranks), `policy_loss`, `dapo`, `mcpo`.
+Task domains have one enumeration, `megatron_mcpo.domains.DOMAINS`.
+"""
+from megatron_mcpo.algorithms.advantages import gathered_group_advantages, group_advantages
+from megatron_mcpo.algorithms.dapo import dynamic_sampling_filter, overlong_penalty
+from megatron_mcpo.algorithms.mcpo import (
+    PoolNormalizers,
+    mcpo_anchor_subset_loss,
+    mcpo_contrastive_loss,
+    mcpo_kernel_kwargs,
+    mcpo_loss,
+    mcpo_pool_normalizers,
+)
+from megatron_mcpo.algorithms.policy_loss import aggregate, kl_penalty, policy_loss_kwargs, ppo_policy_loss
+
+__all__ = [
+    "PoolNormalizers",
+    "aggregate",
+    "dynamic_sampling_filter",
+    "gathered_group_advantages",
+    "group_advantages",
+    "kl_penalty",
+    "mcpo_anchor_subset_loss",
+    "mcpo_contrastive_loss",
+    "mcpo_kernel_kwargs",
+    "mcpo_loss",
+    "mcpo_pool_normalizers",
+    "overlong_penalty",
+    "policy_loss_kwargs",
+    "ppo_policy_loss",
+]

@@ -1,0 +1,126 @@
+"""PolicyModel: the Megatron GPT chunks of this rank, with the per-token quantities RL losses need.
+
+For a micro-batch of right-padded sequences `tokens` [b, s] with `response_mask` [b, s] (True on
+response tokens), the last pipeline stage yields, aligned with `tokens`:
+  logprobs[b, t] = log π(tokens[b, t] | tokens[b, <t])   (0 at t = 0)
+  entropy[b, t]  = H(π(· | tokens[b, <t]))                (0 at t = 0)
+  pooled[b]      = Σ_t m[b,t] H_L[b,t] / Σ_t m[b,t]     (fp32, H_L = post-final-norm last-layer state)
+Log-probs and entropy are computed vocab-parallel (padded-vocab rows masked); the pooled state is
+reduced across the sequence-parallel and context-parallel shards. Right padding with the causal mask
+needs no attention mask: padding comes after every real token.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from megatron_mcpo.distributed import ParallelGroups
+from megatron_mcpo.models.vocab_parallel import vocab_parallel_logprobs_entropy
+
+
+@dataclass
+class TokenOutputs:
+    logprobs: torch.Tensor  # [b, s] fp32
+    entropy: torch.Tensor  # [b, s] fp32
+    pooled: torch.Tensor  # [b, d_model] fp32
+
+
+def unwrap(chunk):
+    """The GPTModel inside a (possibly DDP-wrapped) chunk."""
+    while hasattr(chunk, "module"):
+        chunk = chunk.module
+    return chunk
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over a group; backward is the identity (each rank's loss uses the same total)."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        x = x.clone()
+        dist.all_reduce(x, group=group)
+        return x
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None
+
+
+def masked_mean_pool(hidden: torch.Tensor, mask: torch.Tensor, group=None) -> torch.Tensor:
+    """h_i = Σ_t m_it H_it / Σ_t m_it in fp32. hidden [b, s, d], mask [b, s]; sums reduced over
+    `group` when the sequence is sharded (CP/SP). Rows with an empty mask give 0."""
+    m = mask.to(torch.float32)
+    total = torch.einsum("bsd,bs->bd", hidden.float(), m)
+    count = m.sum(dim=1)
+    if group is not None and dist.get_world_size(group) > 1:
+        total = _AllReduceSum.apply(total, group)
+        count = _AllReduceSum.apply(count, group)
+    return total / count.clamp(min=1.0).unsqueeze(-1)
+
+
+class PolicyModel:
+    """This rank's model chunks plus the forward plumbing shared by log-prob passes and training."""
+
+    def __init__(self, chunks: list, hf_config: dict, groups: ParallelGroups):
+        self.chunks = chunks
+        self.hf_config = hf_config
+        self.groups = groups
+        self.valid_vocab = hf_config["vocab_size"]
+        self._hidden: dict[int, torch.Tensor] = {}
+        for chunk in chunks:
+            model = unwrap(chunk)
+            if model.post_process:
+                model.decoder.register_forward_hook(self._stash_hidden)
+
+    def _stash_hidden(self, module, inputs, output):
+        # TransformerBlock output after the final norm: [s, b, d] (sequence-sharded under SP).
+        self._hidden[id(module)] = output[0] if isinstance(output, tuple) else output
+
+    @property
+    def config(self):
+        return unwrap(self.chunks[0]).config
+
+    def forward(self, chunk, tokens: torch.Tensor) -> torch.Tensor:
+        """Run one chunk; on the last stage returns vocab-sharded logits [b, s, V/tp]."""
+        b, s = tokens.shape
+        position_ids = torch.arange(s, device=tokens.device).unsqueeze(0).expand(b, -1)
+        return chunk(tokens, position_ids, None)
+
+    def hidden_of(self, chunk) -> torch.Tensor:
+        """The post-norm last-layer states [b, s_local, d] stashed by the last forward of `chunk`."""
+        h = self._hidden.pop(id(unwrap(chunk).decoder))
+        return h.transpose(0, 1)
+
+    def token_outputs(self, logits: torch.Tensor, hidden: torch.Tensor, tokens: torch.Tensor, response_mask: torch.Tensor) -> TokenOutputs:
+        """Per-token log-probs/entropy aligned with `tokens`, and the pooled response state."""
+        g = self.groups
+        labels = tokens[:, 1:]
+        local_v = logits.shape[-1]
+        logp, ent = vocab_parallel_logprobs_entropy(
+            logits[:, :-1], labels, g.tp_rank * local_v, self.valid_vocab, g.tp if g.tp_size > 1 else None
+        )
+        zero = torch.zeros_like(logp[:, :1])
+        logprobs = torch.cat([zero, logp], dim=1)
+        entropy = torch.cat([zero, ent], dim=1)
+        if self.config.sequence_parallel:
+            from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
+
+            hidden = gather_from_sequence_parallel_region(hidden.transpose(0, 1).contiguous()).transpose(0, 1)
+        pool_group = None
+        if g.cp_size > 1:
+            from megatron.core import parallel_state as ps
+
+            pool_group = ps.get_context_parallel_group()
+        pooled = masked_mean_pool(hidden, response_mask, pool_group)
+        return TokenOutputs(logprobs=logprobs, entropy=entropy, pooled=pooled)
+
+    def train(self, mode: bool = True) -> None:
+        for c in self.chunks:
+            c.train(mode)
+
+    def parameters(self):
+        for c in self.chunks:
+            yield from c.parameters()

