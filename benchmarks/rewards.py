@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -37,8 +38,11 @@ PROGRAMS = [  # (program, passes its tests)
     ("print(int(input()) + 1)", False),
 ]
 TESTS = [("1 2\n", "3"), ("40 2\n", "42"), ("-5 5\n", "0")]
-MATH = [("\\frac{1}{2}", "0.5"), ("2\\sqrt{2}", "\\sqrt{8}"), ("[1,2)", "[1,2)"), ("x^2+2x+1", "(x+1)^2"),
-        ("\\{1,2,3\\}", "\\{3,2,1\\}"), ("3.14", "\\pi"), ("10\\%", "10"), ("\\frac{3}{4}", "0.7")]
+MATH = [  # (answer, gold) templates in k: every item is distinct, so no parse cache helps
+    ("\\frac{{{k}}}{{{k1}}}", "{k}/{k1}"), ("{k}\\sqrt{{2}}", "\\sqrt{{{k2}}}"), ("[{k},{k1})", "[{k}, {k1})"),
+    ("x^2+{k2}x+{kk}", "(x+{k})^2"), ("\\{{{k},{k1}\\}}", "\\{{{k1},{k}\\}}"), ("{k}.14", "{k}+\\pi"),
+    ("{k}\\%", "{k}"), ("\\frac{{{k}}}{{4}}", "{k}.7")]
+MATH_EQUAL = [True, True, True, True, True, False, True, False]
 
 
 def _unsandboxed(program: str) -> bool:
@@ -58,6 +62,16 @@ def _unsandboxed(program: str) -> bool:
     return True
 
 
+def _subprocess(program: str) -> bool:
+    """Run one program's tests the common unisolated way: a fresh interpreter per test."""
+    for stdin, expected in TESTS:
+        proc = subprocess.run([sys.executable, "-c", program], input=stdin, capture_output=True, text=True,
+                              timeout=30)
+        if proc.returncode != 0 or not same_stdout(proc.stdout, expected):
+            return False
+    return True
+
+
 def _sandboxed(sandbox: Sandbox, program: str) -> bool:
     ok = []
     sandbox.run(program, [{"stdin": s} for s, _ in TESTS],
@@ -69,7 +83,7 @@ def bench_programs(n: int, repeats: int, workers: int) -> dict:
     batch = [PROGRAMS[i % len(PROGRAMS)] for i in range(n)]
     expected = [p for _, p in batch]
     programs = [p for p, _ in batch]
-    sandboxed, unsandboxed = [], []
+    sandboxed, unsandboxed, spawned = [], [], []
     with Sandbox(workers, SandboxLimits()) as sandbox, ThreadPoolExecutor(workers) as threads, \
             ProcessPoolExecutor(workers) as pool:
         list(threads.map(lambda p: _sandboxed(sandbox, p), programs[:workers * 2]))  # warm the zygotes
@@ -83,28 +97,45 @@ def bench_programs(n: int, repeats: int, workers: int) -> dict:
             got = list(pool.map(_unsandboxed, programs, chunksize=4))
             unsandboxed.append(n / (time.perf_counter() - t))
             assert got == expected, "unsandboxed verdicts differ from the intended ones"
+            t = time.perf_counter()
+            got = list(threads.map(_subprocess, programs))
+            spawned.append(n / (time.perf_counter() - t))
+            assert got == expected, "subprocess verdicts differ from the intended ones"
     s, u = statistics.median(sandboxed), statistics.median(unsandboxed)
     return {"programs": n, "tests_per_program": len(TESTS), "workers": workers,
             "sandboxed_programs_per_s": round(s, 1), "unsandboxed_programs_per_s": round(u, 1),
-            "sandboxed_over_unsandboxed": round(s / u, 4), "runs_sandboxed": [round(x, 1) for x in sandboxed],
+            "sandboxed_over_unsandboxed": round(s / u, 4),
+            "subprocess_per_test_programs_per_s": round(statistics.median(spawned), 1),
+            "sandboxed_over_subprocess_per_test": round(s / statistics.median(spawned), 3),
+            "runs_subprocess_per_test": [round(x, 1) for x in spawned], "runs_sandboxed": [round(x, 1) for x in sandboxed],
             "runs_unsandboxed": [round(x, 1) for x in unsandboxed]}
 
 
+def _math_items(n: int, offset: int) -> list:
+    items = []
+    for i in range(n):
+        k = offset + i // len(MATH) + 2
+        answer, gold = (t.format(k=k, k1=k + 1, k2=2 * k, kk=k * k) for t in MATH[i % len(MATH)])
+        items.append(("math", f"so \\boxed{{{answer}}}", gold))
+    return items
+
+
 def bench_math(n: int, repeats: int, workers: int) -> dict:
-    items = [("math", f"so \\boxed{{{MATH[i % len(MATH)][0]}}}", MATH[i % len(MATH)][1] + " " * (i // len(MATH)))
-             for i in range(n)]  # distinct gold strings: the per-worker gold cache does not help
-    rates = []
+    rates, accs = [], []
+    expected = sum(MATH_EQUAL[i % len(MATH)] for i in range(n)) / n
     with RewardScorer(num_workers=workers) as scorer:
         t = time.perf_counter()
-        scorer.score_batch(items[:workers])
+        scorer.score_batch(_math_items(workers, 10 ** 6))
         warmup = time.perf_counter() - t
-        for _ in range(repeats):
+        for r in range(repeats):
+            items = _math_items(n, offset=r * n)
             t = time.perf_counter()
             results = scorer.score_batch(items)
             rates.append(n / (time.perf_counter() - t))
-    acc = sum(r["acc"] for r in results) / n
+            accs.append(sum(x["acc"] for x in results) / n)
+    assert all(a == expected for a in accs), (accs, expected)
     return {"checks": n, "workers": workers, "math_checks_per_s": round(statistics.median(rates), 1),
-            "runs": [round(x, 1) for x in rates], "pool_start_s": round(warmup, 2), "acc": acc}
+            "runs": [round(x, 1) for x in rates], "pool_start_s": round(warmup, 2), "acc": expected}
 
 
 def machine() -> dict:

@@ -13,3 +13,14 @@ def tiny_dirs(tmp_path_factory):
 
     root = str(tmp_path_factory.mktemp("tiny_models"))
     return {f: tiny_checkpoint_dir(f, root=root) for f in ("llama", "qwen2", "qwen3")}
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run on a GPU machine; see README 'GPU status')")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

