@@ -37,9 +37,10 @@ PROGRAMS = [  # (program, passes its tests)
     ("from functools import reduce\nprint(reduce(lambda s, t: s + int(t), input().split(), 0))", True),
     ("print(int(input()) + 1)", False),
 ]
+SUBPROCESS_PROGRAMS = 40  # the slow baseline runs on a prefix of the batch
 TESTS = [("1 2\n", "3"), ("40 2\n", "42"), ("-5 5\n", "0")]
 MATH = [  # (answer, gold) templates in k: every item is distinct, so no parse cache helps
-    ("\\frac{{{k}}}{{{k1}}}", "{k}/{k1}"), ("{k}\\sqrt{{2}}", "\\sqrt{{{k2}}}"), ("[{k},{k1})", "[{k}, {k1})"),
+    ("\\frac{{{k}}}{{{k1}}}", "{k}/{k1}"), ("{k}\\sqrt{{2}}", "\\sqrt{{{kk2}}}"), ("[{k},{k1})", "[{k}, {k1})"),
     ("x^2+{k2}x+{kk}", "(x+{k})^2"), ("\\{{{k},{k1}\\}}", "\\{{{k1},{k}\\}}"), ("{k}.14", "{k}+\\pi"),
     ("{k}\\%", "{k}"), ("\\frac{{{k}}}{{4}}", "{k}.7")]
 MATH_EQUAL = [True, True, True, True, True, False, True, False]
@@ -98,9 +99,9 @@ def bench_programs(n: int, repeats: int, workers: int) -> dict:
             unsandboxed.append(n / (time.perf_counter() - t))
             assert got == expected, "unsandboxed verdicts differ from the intended ones"
             t = time.perf_counter()
-            got = list(threads.map(_subprocess, programs))
-            spawned.append(n / (time.perf_counter() - t))
-            assert got == expected, "subprocess verdicts differ from the intended ones"
+            got = list(threads.map(_subprocess, programs[:SUBPROCESS_PROGRAMS]))
+            spawned.append(len(got) / (time.perf_counter() - t))
+            assert got == expected[:SUBPROCESS_PROGRAMS], "subprocess verdicts differ from the intended ones"
     s, u = statistics.median(sandboxed), statistics.median(unsandboxed)
     return {"programs": n, "tests_per_program": len(TESTS), "workers": workers,
             "sandboxed_programs_per_s": round(s, 1), "unsandboxed_programs_per_s": round(u, 1),
@@ -115,7 +116,7 @@ def _math_items(n: int, offset: int) -> list:
     items = []
     for i in range(n):
         k = offset + i // len(MATH) + 2
-        answer, gold = (t.format(k=k, k1=k + 1, k2=2 * k, kk=k * k) for t in MATH[i % len(MATH)])
+        answer, gold = (t.format(k=k, k1=k + 1, k2=2 * k, kk=k * k, kk2=2 * k * k) for t in MATH[i % len(MATH)])
         items.append(("math", f"so \\boxed{{{answer}}}", gold))
     return items
 
@@ -146,7 +147,8 @@ def machine() -> dict:
     except metadata.PackageNotFoundError:
         torch = None
     return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
-            "torch": torch, "math_verify": metadata.version("math-verify")}
+            "torch": torch, "math_verify": metadata.version("math-verify"),
+            "load_avg_1m_at_start": round(os.getloadavg()[0], 2)}
 
 
 def main():

@@ -20,6 +20,7 @@ keeps its graph (an anchor-free pool gives 0 with zero gradient).
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import torch
@@ -199,11 +200,11 @@ class _Pool(NamedTuple):
     z: torch.Tensor  # (N, p) normalised embeddings
     positive: torch.Tensor  # (N,) bool
     group: torch.Tensor  # (N,) prompt index into proto_cos
-    domain: torch.Tensor  # (N,) domain ids
+    domain: torch.Tensor  # (N,) domain index (position in torch.unique(domain_ids))
     proto_cos: torch.Tensor  # (G, G) μ_q·μ_q', detached
     key_class: torch.Tensor  # (N,) class index of each rollout: unique (prompt, domain, correctness)
     class_group: torch.Tensor  # (C,) prompt index of each class
-    class_domain: torch.Tensor  # (C,)
+    class_domain: torch.Tensor  # (C,) domain index of each class
     class_positive: torch.Tensor  # (C,) bool
     class_size: torch.Tensor  # (C,) float, rollouts per class
 
@@ -226,12 +227,14 @@ class _Pool(NamedTuple):
         elif prototypes.shape != (num_prompts, u.shape[1]):
             raise ValueError(f"prototypes must be (num prompts, p) = {(num_prompts, u.shape[1])}, got {tuple(prototypes.shape)}")
         prototypes = prototypes.detach().to(u.dtype)
-        domain = domain_ids.to(group.dtype)
-        classes, key_class, class_size = torch.unique(
-            torch.stack([group, domain, positive.to(group.dtype)]), dim=1, return_inverse=True, return_counts=True
+        _, domain = torch.unique(domain_ids, return_inverse=True)
+        num_domains = int(domain.max()) + 1
+        # one integer key per (prompt, domain, correctness); 1-D unique is far cheaper than unique(dim=)
+        keys, key_class, class_size = torch.unique(
+            (group * num_domains + domain) * 2 + positive.to(group.dtype), return_inverse=True, return_counts=True
         )
-        return _Pool(z, positive, group, domain, prototypes @ prototypes.T, key_class, classes[0], classes[1],
-                     classes[2].bool(), class_size.to(u.dtype))
+        return _Pool(z, positive, group, domain, prototypes @ prototypes.T, key_class, keys // (2 * num_domains),
+                     keys // 2 % num_domains, keys % 2 == 1, class_size.to(u.dtype))
 
 
 class _ClassSets(NamedTuple):
@@ -281,16 +284,18 @@ def _anchor_terms(pool: _Pool, rows, temperature, denominator, weight_mode, neg_
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     sets = _class_sets(pool, rows, weight_mode, neg_scope)
-    z, za = pool.z, pool.z[rows]
+    z, za = pool.z, pool.z[rows] / temperature  # 1/τ folded into the anchor side
     num_classes = pool.class_size.numel()
     class_sums = z.new_zeros(num_classes, z.shape[1]).index_add(0, pool.key_class, z)
-    logit_sums = za @ class_sums.T / temperature
-    self_logit = (za * za).sum(1) / temperature
+    logit_sums = za @ class_sums.T
+    self_logit = (za * pool.z[rows]).sum(1)
 
-    logits = za @ z.T / temperature  # (M, N)
+    logits = za @ z.T  # (M, N)
     self_idx = (torch.arange(rows.numel(), device=rows.device), rows)
-    keys = logits.index_put(self_idx, logits.new_tensor(float("-inf")))
-    block_lse, nonempty = _block_logsumexp(keys, pool.key_class, num_classes)
+    minus_inf = logits.new_tensor(float("-inf"))
+    # self is never a key; per_pos still needs the plain logits, the others can overwrite them (no saved use)
+    keys = logits.index_put(self_idx, minus_inf) if denominator == "per_pos" else logits.index_put_(self_idx, minus_inf)
+    block_lse, nonempty = _block_logsumexp(keys, pool, rows, 1.0 / temperature)
 
     def union_lse(classes, empty):  # logsumexp over the union of the selected classes
         return _masked_logsumexp(block_lse, classes & nonempty, empty)
@@ -313,16 +318,27 @@ def _anchor_terms(pool: _Pool, rows, temperature, denominator, weight_mode, neg_
     return _AnchorTerms(sets, logit_sums, self_logit, block_lse, nonempty, num_cross, num_in)
 
 
-def _block_logsumexp(x: torch.Tensor, column_class: torch.Tensor, num_classes: int):
-    """Row-wise logsumexp of x (M, N) within each column class → (M, C), and which blocks are non-empty
-    (x = −inf marks excluded entries). Each block is shifted by its own max, so none underflows."""
-    index = column_class[None, :].expand_as(x)
-    with torch.no_grad():
-        block_max = x.new_full((x.shape[0], num_classes), float("-inf")).scatter_reduce(1, index, x, "amax")
-        nonempty = block_max > float("-inf")
-        block_max = torch.where(nonempty, block_max, 0.0)
-    sums = x.new_zeros(block_max.shape).scatter_add(1, index, torch.exp(x - block_max.gather(1, index)))
-    return torch.log(torch.where(nonempty, sums, 1.0)) + block_max, nonempty
+def _block_logsumexp(keys: torch.Tensor, pool: _Pool, rows: torch.Tensor, max_logit: float):
+    """Row-wise logsumexp of keys (M, N) within each column class → (M, C), and which blocks are
+    non-empty (keys = −inf marks each anchor's own column, the only excluded entry).
+
+    |logits| ≤ max_logit = 1/τ, so shifting every entry by max_logit keeps each term ≥ e^(−2/τ): when
+    that stays inside the dtype's normal range (fp32: τ ≳ 0.025) one constant shift is exact and costs
+    nothing; otherwise each block is shifted by its own max."""
+    column_class, size = pool.key_class, pool.class_size
+    own = torch.arange(size.numel(), device=rows.device)[None, :] == column_class[rows][:, None]
+    nonempty = size[None, :] - own.to(size.dtype) > 0
+    if 2 * max_logit <= -math.log(torch.finfo(keys.dtype).tiny) - 10:
+        shift = max_logit
+        exps = torch.exp(keys - shift)
+    else:
+        with torch.no_grad():
+            index = column_class[None, :].expand_as(keys)
+            block_max = keys.new_full(nonempty.shape, float("-inf")).scatter_reduce(1, index, keys, "amax")
+            shift = torch.where(nonempty, block_max, 0.0)
+        exps = torch.exp(keys - shift.index_select(1, column_class))
+    sums = keys.new_zeros(nonempty.shape).index_add(1, column_class, exps)
+    return torch.log(torch.where(nonempty, sums, 1.0)) + shift, nonempty
 
 
 def _masked_logsumexp(x: torch.Tensor, mask: torch.Tensor, empty: float) -> torch.Tensor:

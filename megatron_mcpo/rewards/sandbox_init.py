@@ -14,7 +14,7 @@ of a fresh PID namespace, still root. That session process:
      no_new_privs so setuid binaries cannot regain root), and makes itself non-dumpable so the
      program can neither ptrace it nor open /proc/1/fd.
 Then it runs each test in a forked child under rlimits (CPU, address space, file size, processes,
-open files, no core) and, as the namespace's init, SIGKILLs and reaps every other process after each
+open files, no core), holds the test's whole process tree to the CPU limit as well, and, as the namespace's init, SIGKILLs and reaps every other process after each
 test (signals sent from inside the namespace cannot kill its init). Untrusted code only ever runs in
 those children, and no process here ever sees an expected output, so a program cannot forge a
 verdict. Forking a warm zygote instead of starting Python per program is what makes this cheap.
@@ -57,6 +57,8 @@ SYS_OPEN_TREE, SYS_MOVE_MOUNT, SYS_MOUNT_SETATTR = 428, 429, 442  # x86_64 and a
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
 CHUNK = 1 << 16
 STDERR_TAIL = 4096
+CPU_POLL_S = 0.1  # how often a running test's whole process tree is checked against the CPU limit
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 COMPILE_ERROR = '"compile_error"'
 
 
@@ -251,6 +253,25 @@ def _pump(fd, buf, tail_only):
     return bool(chunk)
 
 
+def _tree_cpu():
+    """CPU seconds used so far by every process in this namespace except init (zombies included)."""
+    total = 0
+    for name in os.listdir("/proc"):
+        if name.isdigit() and name != "1":
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # gone meanwhile
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLK_TCK
+
+
+def _children_cpu():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_test(job, test, limits):
     """Run one test in a fresh child; return its result record (see the protocol)."""
     nonce = os.urandom(16).hex()
@@ -274,37 +295,43 @@ def run_test(job, test, limits):
     for fd in (pidfd, *bufs):
         poller.register(fd, select.POLLIN)
     deadline = start + limits["wall_time_s"]
-    exited = wall_timeout = overflow = False
-    while not (exited or overflow):
-        left = deadline - time.monotonic()
-        if left <= 0:
+    cpu_before = _children_cpu()
+    next_cpu_check = start + CPU_POLL_S
+    exited = wall_timeout = overflow = cpu_exceeded = False
+    while not (exited or overflow or cpu_exceeded):
+        now = time.monotonic()
+        if now >= deadline:
             wall_timeout = True
             break
-        for fd, _ in poller.poll(left * 1000):
+        for fd, _ in poller.poll(max(0.0, min(deadline, next_cpu_check) - now) * 1000):
             if fd == pidfd:
                 exited = True
             elif not _pump(fd, bufs[fd], fd == err_r):
                 poller.unregister(fd)
         overflow = len(bufs[out_r]) > cap or len(bufs[res_r]) > cap
+        # RLIMIT_CPU binds each process alone: the limit is on the whole tree (e.g. a fork bomb).
+        if not exited and time.monotonic() >= next_cpu_check:
+            cpu_exceeded = _tree_cpu() >= limits["cpu_time_s"]
+            next_cpu_check = time.monotonic() + CPU_POLL_S
     if not exited:
         os.kill(pid, signal.SIGKILL)
-    _, wstatus, usage = os.wait4(pid, 0)
+    _, wstatus, _ = os.wait4(pid, 0)
     wall = time.monotonic() - start
     kill_and_reap_all()  # whatever the program started dies with it
+    cpu = _children_cpu() - cpu_before  # everything the test started has been reaped by now
     for fd, buf in bufs.items():  # every writer is dead now: drain to end of file
         while len(buf) <= cap and _pump(fd, buf, fd == err_r):
             pass
         os.close(fd)
     os.close(pidfd)
     overflow = overflow or len(bufs[out_r]) > cap or len(bufs[res_r]) > cap
-    cpu = usage.ru_utime + usage.ru_stime
     sig = os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else None
     exit_code = os.WEXITSTATUS(wstatus) if os.WIFEXITED(wstatus) else None
     lines = bytes(bufs[res_r]).decode("utf-8", "replace").splitlines()
     payload = lines[-1] if lines else None
     if overflow:
         status = "output_limit"
-    elif wall_timeout or cpu >= limits["cpu_time_s"] or sig == signal.SIGXCPU:
+    elif wall_timeout or cpu_exceeded or cpu >= limits["cpu_time_s"] or sig == signal.SIGXCPU:
         status = "timeout"
     elif sig is not None:
         status = "signal"

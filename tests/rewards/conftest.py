@@ -8,6 +8,11 @@ LIMITS = SandboxLimits(cpu_time_s=1.0, wall_time_s=3.0, memory_mb=256, max_proce
 
 
 @pytest.fixture(scope="session")
+def limits():
+    return LIMITS
+
+
+@pytest.fixture(scope="session")
 def scorer():
     """One scorer (2 math workers, 2 sandbox slots) shared by the reward tests."""
     with RewardScorer(num_workers=2, sandbox_limits=LIMITS, math_timeout_s=2.0) as s:

@@ -1,7 +1,6 @@
 """Routing, registry extension, batch scoring, reward values and per-domain metrics."""
 import pytest
 
-from conftest import LIMITS
 from megatron_mcpo.rewards import DOMAINS, Registry, RewardScorer, default_registry, reward_metrics
 
 BATCH = [
@@ -53,8 +52,8 @@ def test_bad_items_name_their_index(scorer):
         scorer.score("math", None, "1")
 
 
-def test_reward_values_are_configurable():
-    with RewardScorer(num_workers=1, sandbox_limits=LIMITS, correct_reward=1.0, incorrect_reward=-1.0) as s:
+def test_reward_values_are_configurable(limits):
+    with RewardScorer(num_workers=1, sandbox_limits=limits, correct_reward=1.0, incorrect_reward=-1.0) as s:
         assert [r["score"] for r in s.score_batch([BATCH[4], ("science", "<answer>A</answer>", "B")])] == [1.0, -1.0]
 
 

@@ -8,7 +8,6 @@ import uuid
 
 import pytest
 
-from conftest import LIMITS
 from megatron_mcpo.rewards import Sandbox
 
 ADD = {"inputs": ["1 2\n", "40 2\n"], "outputs": ["3\n", "42\n"]}
@@ -40,7 +39,7 @@ def run_hostile(scorer, program, ground_truth=ADD):
     elapsed = time.monotonic() - start
     assert result["score"] == 0.0 and result["acc"] is False, result
     # Tests stop at the first failure, so one test's wall limit plus start-up bounds the run.
-    assert elapsed < LIMITS.wall_time_s + 2.0, elapsed
+    assert elapsed < scorer.sandbox_limits.wall_time_s + 2.0, elapsed
     assert sandbox_processes(scorer.sandbox) == []
     follow_up = scorer.score("code", fenced(ADD_OK), ADD)
     assert follow_up["score"] == 1.0, follow_up
@@ -66,7 +65,8 @@ def test_sleeping_program_hits_the_wall_backstop(scorer):
 
 def test_fork_bomb_is_contained(scorer):
     program = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
-    run_hostile(scorer, program)
+    # RLIMIT_NPROC caps the processes; the CPU limit holds for the whole tree, not per process
+    assert run_hostile(scorer, program)["details"]["status"] == "timeout"
 
 
 def test_daemonised_child_is_killed(scorer):
@@ -174,8 +174,8 @@ def test_results_are_deterministic(scorer):
     assert runs[0] and runs.count(runs[0]) == 3
 
 
-def test_pool_runs_programs_in_parallel():
-    with Sandbox(num_workers=2, limits=LIMITS) as sandbox:
+def test_pool_runs_programs_in_parallel(limits):
+    with Sandbox(num_workers=2, limits=limits) as sandbox:
         assert len(set(sandbox.slot_uids)) == 2
         program = "import time\nt = time.time()\nwhile time.time() - t < 0.5:\n    pass\nprint(input())"
         results = [None] * 4

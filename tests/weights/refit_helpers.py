@@ -43,7 +43,7 @@ def fixed_tokens(n: int = 4, length: int = 16, vocab: int = 1000, seed: int = 7)
 
 def _nll_loss(out, mb):
     mask = mb["response_mask"][:, 1:].to(torch.float32)
-    loss = -(out.logprobs[:, 1:] * mask).sum() / mb["denominator"]
+    loss = -(out.logprobs[:, 1:] * mask).sum() / mb["denominator"][0]
     return loss, {"n": mask.sum()}
 
 

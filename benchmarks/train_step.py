@@ -1,0 +1,111 @@
+"""Tokens/s of one train step of a small Megatron model at TP1 / TP2 / PP2 / DP2 on CPU (gloo).
+
+Each layout runs in its own spawned process group; the same global batch (sequences x length) and the
+same token-mean policy-gradient-style loss are used everywhere, so the numbers compare layouts.
+Usage: python benchmarks/train_step.py [--steps 5] [--out benchmarks/results/train_step_cpu.json]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import sys
+import time
+
+import torch
+import torch.multiprocessing as mp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import write_result  # noqa: E402
+
+SMALL = dict(  # ~20M parameters: small enough for 2 CPU cores, large enough that matmuls dominate
+    model_type="qwen3", vocab_size=8192, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
+    num_attention_heads=8, num_key_value_heads=4, head_dim=64, hidden_act="silu", max_position_embeddings=4096,
+    rms_norm_eps=1e-6, tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+)
+LAYOUTS = {"tp1": (1, 1, 1), "tp2": (2, 1, 2), "pp2": (1, 2, 2), "dp2": (1, 1, 2)}  # name: (tp, pp, world)
+
+
+def _worker(rank, world, port, tp, pp, seqs, seq_len, mbs, steps, queue):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // world))
+    from megatron_mcpo.config import Config
+    from megatron_mcpo.distributed import init_distributed
+    from megatron_mcpo.training.optimizer import setup_train_state
+    from megatron_mcpo.training.train_step import split_microbatches, train_step
+
+    cfg = Config()
+    cfg.run.device = "cpu"
+    cfg.parallel.tp, cfg.parallel.pp = tp, pp
+    groups = init_distributed(tp=tp, pp=pp, device="cpu")
+    state = setup_train_state(cfg, SMALL, groups)
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, SMALL["vocab_size"], (seqs, seq_len), generator=g)
+    mask = torch.zeros(seqs, seq_len, dtype=torch.bool)
+    mask[:, seq_len // 4 :] = True
+    n = seqs // groups.dp_size
+    local = {"tokens": tokens[groups.dp_rank * n : (groups.dp_rank + 1) * n], "response_mask": mask[:n]}
+    total = mask.sum()
+
+    def loss_fn(out, mb):
+        m = mb["response_mask"].float()
+        loss = -(out.logprobs * m).sum() / total
+        return loss, {"loss": loss.detach()}
+
+    times = []
+    for i in range(steps + 2):
+        t0 = time.perf_counter()
+        train_step(state, split_microbatches(local, mbs), loss_fn)
+        if i >= 2:  # two warm-up steps
+            times.append(time.perf_counter() - t0)
+    if rank == 0:
+        queue.put(times)
+
+
+def run_layout(name: str, seqs: int, seq_len: int, mbs: int, steps: int) -> dict:
+    tp, pp, world = LAYOUTS[name]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(r, world, port, tp, pp, seqs, seq_len, mbs, steps, queue)) for r in range(world)]
+    for p in procs:
+        p.start()
+    times = queue.get(timeout=900)
+    for p in procs:
+        p.join()
+    med = statistics.median(times)
+    return {"tp": tp, "pp": pp, "dp": world // (tp * pp), "world": world, "step_s_median": round(med, 4),
+            "tokens_per_s": round(seqs * seq_len / med, 1), "steps": len(times)}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--seqs", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--micro-batch", type=int, default=2)
+    ap.add_argument("--layouts", default="tp1,tp2,pp2,dp2")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "train_step_cpu.json"))
+    args = ap.parse_args()
+    results = {}
+    for name in args.layouts.split(","):
+        results[name] = run_layout(name, args.seqs, args.seq_len, args.micro_batch, args.steps)
+        print(name, results[name], flush=True)
+    base = results.get("tp1", {}).get("tokens_per_s")
+    if base:
+        for r in results.values():
+            r["ratio_vs_tp1"] = round(r["tokens_per_s"] / base, 3)
+    write_result(args.out, {
+        "benchmark": "train_step", "model": {k: SMALL[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size")},
+        "global_batch": {"sequences": args.seqs, "seq_len": args.seq_len, "micro_batch": args.micro_batch},
+        "note": "fp32, local layer spec, gloo; all ranks share the same 2 cores, so TP/PP/DP add communication without adding compute",
+        "layouts": results,
+    })
+
+
+if __name__ == "__main__":
+    main()
