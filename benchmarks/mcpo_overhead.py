@@ -7,7 +7,7 @@ Sections (run one or several; each writes its own key into the results JSON, the
   (train_step is added with the Megatron train step: a policy step with and without MCPO.)
 
 Usage:
-  python benchmarks/mcpo_overhead.py --section loss [--device cpu|cuda] [--repeats 5] [--out PATH]
+  python benchmarks/mcpo_overhead.py --section loss [--device cpu|cuda] [--repeats 5] [--threads N] [--out PATH]
 Results: benchmarks/results/mcpo_overhead_<device>.json, with the machine described.
 """
 from __future__ import annotations
@@ -48,6 +48,8 @@ def machine(device: torch.device) -> dict:
         "python": platform.python_version(),
         "device": str(device),
         "date": datetime.date.today().isoformat(),
+        # other jobs on a shared machine slow every measurement (ratios are measured side by side)
+        "loadavg_1min_at_start": round(os.getloadavg()[0], 2),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -85,7 +87,9 @@ def bench_loss(device: torch.device, repeats: int) -> dict:
     cfg = MCPOConfig()
     torch.manual_seed(0)
     projector = torch.nn.Sequential(
-        torch.nn.Linear(D_MODEL, cfg.proj_hidden_dim), torch.nn.ReLU(), torch.nn.Linear(cfg.proj_hidden_dim, cfg.proj_dim)
+        torch.nn.Linear(D_MODEL, cfg.proj_hidden_dim),
+        torch.nn.ReLU(),
+        torch.nn.Linear(cfg.proj_hidden_dim, cfg.proj_dim),
     ).to(device)
     rows = []
     for n in POOL_SIZES:
@@ -131,9 +135,13 @@ def main() -> None:
                         help="section(s) to run (repeatable; default: all)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default=None, help="results JSON (default: benchmarks/results/mcpo_overhead_<device>.json)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--out", default=None,
+                        help="results JSON (default: benchmarks/results/mcpo_overhead_<device>.json)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                    f"mcpo_overhead_{device.type}.json")
     results = {"sections": {}}

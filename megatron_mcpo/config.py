@@ -418,7 +418,7 @@ def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Opti
     _require(a.ppo_epochs >= 1, "algorithm.ppo_epochs: must be >= 1")
     _require(a.overlong_buffer_len >= 1, "algorithm.overlong_buffer_len: must be >= 1")
     _require(
-        a.overlong_buffer_len <= cfg.rollout.max_response_length,
+        not a.resolved().overlong_buffer_enable or a.overlong_buffer_len <= cfg.rollout.max_response_length,
         f"algorithm.overlong_buffer_len: {a.overlong_buffer_len} exceeds rollout.max_response_length",
     )
     if world_size is not None:

@@ -225,7 +225,8 @@ class _Pool(NamedTuple):
         if prototypes is None:
             prototypes = prompt_prototypes(z, positive, prompt_ids)
         elif prototypes.shape != (num_prompts, u.shape[1]):
-            raise ValueError(f"prototypes must be (num prompts, p) = {(num_prompts, u.shape[1])}, got {tuple(prototypes.shape)}")
+            raise ValueError(f"prototypes must be (num prompts, p) = {(num_prompts, u.shape[1])}, "
+                             f"got {tuple(prototypes.shape)}")
         prototypes = prototypes.detach().to(u.dtype)
         _, domain = torch.unique(domain_ids, return_inverse=True)
         num_domains = int(domain.max()) + 1
@@ -303,7 +304,7 @@ def _anchor_terms(pool: _Pool, rows, temperature, denominator, weight_mode, neg_
     wsum_cross = (sets.w_cross * logit_sums).sum(1)
     wsum_in = (sets.indom * logit_sums).sum(1) - self_logit
     if denominator == "per_pos":
-        # ℓ_ij = log(e^{l_ij} + Σ_{k∈𝒩(i)} e^{l_ik}) − l_ij = softplus(LSE_𝒩(i) − l_ij): one pairwise pass
+        # ℓ_ij = log(e^{l_ij} + Σ_{k∈𝒩(i)} e^{l_ik}) − l_ij = softplus(LSE_𝒩(i) − l_ij), pairwise
         excess = _softplus(union_lse(sets.negs, float("-inf"))[:, None] - logits)
         pair_w = torch.stack([sets.w_cross, sets.indom.to(logits.dtype)])[:, :, pool.key_class]  # (2, M, N)
         pair_w[:, self_idx[0], self_idx[1]] = 0.0  # constants (stop-gradient weights): in place is fine

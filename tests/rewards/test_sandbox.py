@@ -18,8 +18,8 @@ def fenced(program: str) -> str:
     return f"Here is my solution.\n```python\n{program}\n```\n"
 
 
-def sandbox_processes(sandbox) -> list:
-    """PIDs of live processes (not zombies reaped later) running under any of the sandbox's slot uids."""
+def sandbox_processes(sandbox, zombies=True) -> list:
+    """PIDs of processes (with or without zombies) under any of the sandbox's slot uids."""
     uids = set(sandbox.slot_uids)
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -28,7 +28,7 @@ def sandbox_processes(sandbox) -> list:
                 fields = dict(line.split(":", 1) for line in f if ":" in line)
         except OSError:
             continue
-        if int(fields["Uid"].split()[0]) in uids:
+        if int(fields["Uid"].split()[0]) in uids and (zombies or not fields["State"].strip().startswith("Z")):
             found.append(int(pid))
     return found
 
@@ -191,3 +191,32 @@ def test_pool_runs_programs_in_parallel(limits):
         # 4 runs of >= 0.5 s CPU on 2 slots cannot finish in under 1 s
         assert elapsed >= 1.0
     assert sandbox_processes(sandbox) == []
+
+
+def test_a_dead_zygote_is_reported_and_replaced(limits):
+    def zygotes():  # this test's zygotes: children of this process running sandbox_init.py, not seen before
+        pids = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmdline = f.read()
+            except OSError:
+                continue
+            if ppid == os.getpid() and b"sandbox_init.py" in cmdline and int(pid) not in others:
+                pids.append(int(pid))
+        return pids
+
+    others = set()
+    others.update(zygotes())
+    with Sandbox(num_workers=1, limits=limits) as sandbox:
+        assert sandbox.run("print(1)", [{"stdin": ""}])[0].stdout == "1\n"
+        (zygote,) = zygotes()
+        runs = sandbox.run("print(input())", [{"stdin": "a"}, {"stdin": "b"}],
+                           judge=lambda i, run: os.kill(zygote, 9) or True)
+        assert [r.status for r in runs] == ["ok", "sandbox_error"]
+        assert sandbox.run("print(2)", [{"stdin": ""}])[0].stdout == "2\n"
+        assert zygotes() != [zygote]
+    # The killed zygote's session died with it; only the host's init can reap that orphan, when it will.
+    assert zygotes() == [] and sandbox_processes(sandbox, zombies=False) == []

@@ -91,7 +91,8 @@ def loop_oracle(u, rewards, prompts, domains, neg_scope):
             proto[q] = F.normalize(z[members].mean(0), dim=0)
 
     def in_scope(i, k):
-        return {"pool": True, "same_domain": domains[i] == domains[k], "same_prompt": prompts[i] == prompts[k]}[neg_scope]
+        same = {"same_domain": domains[i] == domains[k], "same_prompt": prompts[i] == prompts[k]}
+        return same.get(neg_scope, True)
 
     def objective(cross):
         num = mass = 0.0

@@ -1,0 +1,55 @@
+"""`mcpo train|validate|demo` — the command line (also `python -m megatron_mcpo`).
+
+  mcpo train --config examples/configs/qwen3_8b_8xh200.yaml --set mcpo.cl_coef=0.2   (under torchrun)
+  mcpo validate --config C [--world-size N]      check a config without touching a GPU
+  mcpo demo                                      the embedded CPU default (tiny Qwen3, synthetic suite)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from megatron_mcpo.config import ConfigError, load_config, validate
+
+DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "configs", "tiny_cpu.yaml")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="mcpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    for name in ("train", "validate", "demo"):
+        p = sub.add_parser(name)
+        p.add_argument("--config", default=DEMO_CONFIG if name == "demo" else None, help="YAML config file")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=C", help="override a field")
+        if name == "validate":
+            p.add_argument("--world-size", type=int, default=None)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.command == "validate":
+            validate(cfg, world_size=args.world_size)
+            print(f"config OK ({args.config or 'defaults'})")
+            return 0
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    from megatron_mcpo.trainer import Trainer
+
+    try:
+        trainer = Trainer(cfg)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    try:
+        history = trainer.train()
+    finally:
+        trainer.close()
+    if history:
+        last = history[-1]
+        print("final:", {k: round(v, 4) for k, v in last.items() if isinstance(v, float) and "/" not in k})
+    return 0

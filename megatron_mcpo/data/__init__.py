@@ -1,0 +1,1 @@
+"""Prompts in verl's format: {prompt: [messages], data_source, reward_model: {ground_truth}, extra_info}."""
