@@ -449,6 +449,10 @@ def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Opti
     _require(o.lr >= 0 and o.min_lr >= 0, "optimizer.lr: must be >= 0")
     _require(o.clip_grad >= 0, "optimizer.clip_grad: must be >= 0")
     _require(cfg.run.total_steps >= 0, "run.total_steps: must be >= 0")
+    from megatron_mcpo.domains import DOMAINS
+
+    for name in cfg.data.domains:
+        _require(name in DOMAINS, f"data.domains: unknown domain '{name}'{_suggest(name, list(DOMAINS))}")
     if cfg.data.domain_weights:
         _require(
             len(cfg.data.domain_weights) == len(cfg.data.domains),

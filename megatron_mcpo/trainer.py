@@ -65,6 +65,7 @@ class Trainer:
             self.projector = ProjectionTrainer(head, m.proj_lr, m.proj_weight_decay, m.proj_grad_clip, m.frozen_head)
         self.engine_rank = g.tp_rank == 0 and g.pp_rank == 0
         self.engine = self._make_engine() if self.engine_rank else None
+        self.scorer = self._make_scorer() if self.engine_rank else None
         self.sampler = PromptSampler(self._load_records(), cfg.data.seed, cfg.data.shuffle)
         self.gen_batches = 0
         self.rl_steps = 0
@@ -143,7 +144,6 @@ class Trainer:
         return kept, metrics
 
     def _rollouts_on_engine_rank(self, records, uid_base):
-        from megatron_mcpo.rewards import score_batch
         from megatron_mcpo.rollout.engine import SamplingSpec
 
         cfg = self.cfg
@@ -154,7 +154,7 @@ class Trainer:
             for s in group:
                 rollouts.append(Rollout(uid_base + index, domain, s.prompt_ids, s.token_ids, s.logprobs, s.finish_reason))
                 items.append((rec["data_source"], s.text, rec["reward_model"]["ground_truth"], rec.get("extra_info")))
-        results = score_batch(items, num_workers=cfg.rewards.num_workers)
+        results = self.scorer.score_batch(items)
         for r, res in zip(rollouts, results):
             r.score, r.acc = float(res["score"]), float(bool(res["acc"]))
         return rollouts, results
@@ -241,6 +241,13 @@ class Trainer:
                           enforce_eager=r.enforce_eager, max_model_len=r.max_prompt_length + r.max_response_length,
                           tensor_parallel_size=r.tp, dtype=self.cfg.model.params_dtype)
 
+    def _make_scorer(self):
+        from megatron_mcpo.rewards import RewardScorer, SandboxLimits
+
+        r = self.cfg.rewards
+        limits = SandboxLimits(cpu_time_s=r.code_cpu_time_s, wall_time_s=r.code_wall_time_s, memory_mb=r.code_memory_mb)
+        return RewardScorer(num_workers=r.num_workers, sandbox_limits=limits, math_timeout_s=r.math_timeout_s)
+
     def _load_records(self) -> list[dict]:
         d = self.cfg.data
         records = [rec for f in d.train_files for rec in load_jsonl(f)] if d.train_files else synthetic_suite(20, d.domains, d.seed)
@@ -295,5 +302,7 @@ class Trainer:
         return history
 
     def close(self) -> None:
+        if self.scorer is not None:
+            self.scorer.close()
         if self.engine is not None:
             self.engine.shutdown()

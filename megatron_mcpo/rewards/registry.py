@@ -8,9 +8,9 @@ sources, and under the names of the datasets commonly used for them.
 import threading
 from typing import Callable, Iterable, Optional
 
-from . import code, math, safety, science, tooluse
+from megatron_mcpo.domains import DOMAINS
 
-DOMAINS = ("math", "code", "science", "tooluse", "safety")
+from . import code, math, safety, science, tooluse
 
 KNOWN_SOURCES = {
     "math": ("gsm8k", "openai/gsm8k", "math500", "math-500", "huggingfaceh4/math-500", "lighteval/math",

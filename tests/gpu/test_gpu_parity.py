@@ -1,0 +1,59 @@
+"""GPU tests (skipped without CUDA; see README 'GPU status' for when they last ran).
+
+Single-rank GPU vs CPU parity of the policy forward and one train step (local spec, fp32, TF32 off),
+and a Transformer Engine / FP8 train step where TE is installed.
+"""
+import pytest
+import torch
+
+from dist_utils import run_distributed
+
+pytestmark = pytest.mark.gpu
+
+
+def _step(rank, device, hf_dir, overrides):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    from megatron_mcpo.config import load_config
+    from megatron_mcpo.distributed import init_distributed
+    from megatron_mcpo.training.optimizer import setup_train_state
+    from megatron_mcpo.training.train_step import concat_outputs, forward_outputs, split_microbatches, train_step
+    from megatron_mcpo.weights.loader import load_hf_weights
+    from megatron_mcpo.config import read_hf_config
+
+    cfg = load_config(overrides=[f"run.device={device}", "optimizer.optimizer=sgd", "optimizer.lr=0.1", *overrides])
+    groups = init_distributed(device=device)
+    state = setup_train_state(cfg, read_hf_config(hf_dir), groups)
+    load_hf_weights(state.policy.chunks, hf_dir)
+    dev = groups.device
+    g = torch.Generator().manual_seed(0)
+    batch = {"tokens": torch.randint(0, 1000, (4, 32), generator=g).to(dev),
+             "response_mask": torch.ones(4, 32, dtype=torch.bool, device=dev)}
+    mbs = split_microbatches(batch, 2)
+    before = concat_outputs(forward_outputs(state.policy, mbs))
+
+    def loss_fn(out, mb):
+        loss = -(out.logprobs * mb["response_mask"]).sum() / 128
+        return loss, {"loss": loss.detach()}
+
+    metrics = train_step(state, mbs, loss_fn)
+    return {"logprobs": before.logprobs.cpu(), "pooled": before.pooled.cpu(), "grad_norm": metrics["grad_norm"]}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_single_gpu_matches_cpu(tiny_dirs):
+    (cpu,) = run_distributed(_step, world_size=1, device="cpu", hf_dir=tiny_dirs["qwen3"], overrides=[])
+    (gpu,) = run_distributed(_step, world_size=1, device="cuda", hf_dir=tiny_dirs["qwen3"],
+                             overrides=["model.transformer_impl=local"])
+    torch.testing.assert_close(gpu["logprobs"], cpu["logprobs"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(gpu["pooled"], cpu["pooled"], atol=1e-4, rtol=0)
+    assert gpu["grad_norm"] == pytest.approx(cpu["grad_norm"], rel=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_transformer_engine_fp8_step(tiny_dirs):
+    pytest.importorskip("transformer_engine")
+    (r,) = run_distributed(_step, world_size=1, device="cuda", hf_dir=tiny_dirs["qwen3"],
+                           overrides=["model.transformer_impl=transformer_engine", "model.params_dtype=bf16",
+                                      "model.fp8=hybrid", "model.fp8_recipe=delayed"])
+    assert torch.isfinite(r["logprobs"]).all() and r["grad_norm"] > 0
