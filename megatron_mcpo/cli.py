@@ -24,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=C", help="override a field")
         if name == "validate":
             p.add_argument("--world-size", type=int, default=None)
+        if name == "demo":
+            p.add_argument("--sft-steps", type=int, default=150, help="supervised warm-start steps before RL")
     return ap
 
 
@@ -46,6 +48,11 @@ def main(argv=None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     try:
+        if args.command == "demo" and args.sft_steps > 0:
+            from megatron_mcpo.demo import sft_warm_start
+
+            nll = sft_warm_start(trainer, args.sft_steps)
+            print(f"supervised warm start: {args.sft_steps} steps, NLL {nll[0]:.3f} -> {nll[-1]:.3f}", flush=True)
         history = trainer.train()
     finally:
         trainer.close()

@@ -149,7 +149,6 @@ class DataConfig:
     train_files: list[str] = field(default_factory=list)
     val_files: list[str] = field(default_factory=list)
     domains: list[str] = field(default_factory=lambda: ["math", "code", "science", "tooluse", "safety"])
-    domain_weights: list[float] = field(default_factory=list)  # empty = uniform
     shuffle: bool = True
     seed: int = 1234
     seq_length: int = 1024  # max prompt + response tokens in one training sequence
@@ -453,9 +452,4 @@ def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Opti
 
     for name in cfg.data.domains:
         _require(name in DOMAINS, f"data.domains: unknown domain '{name}'{_suggest(name, list(DOMAINS))}")
-    if cfg.data.domain_weights:
-        _require(
-            len(cfg.data.domain_weights) == len(cfg.data.domains),
-            "data.domain_weights: needs one weight per entry of data.domains",
-        )
     return cfg

@@ -14,8 +14,9 @@ from megatron_mcpo.data.prompts import chat
 def _math(rng: random.Random) -> dict:
     a, b = rng.randint(2, 40), rng.randint(2, 40)
     if rng.random() < 0.5:
-        return {"q": f"What is {a} + {b}?", "gt": str(a + b)}
-    return {"q": f"Simplify the fraction {a * 2}/{b * 2}.", "gt": f"\\frac{{{a}}}{{{b}}}"}
+        return {"q": f"What is {a} + {b}?", "gt": str(a + b), "ref": f"<think> {a} + {b} = {a + b} </think> \\boxed{{{a + b}}}"}
+    frac = f"\\frac{{{a}}}{{{b}}}"
+    return {"q": f"Simplify the fraction {a * 2}/{b * 2}.", "gt": frac, "ref": f"<think> divide by 2 </think> \\boxed{{{frac}}}"}
 
 
 def _code(rng: random.Random) -> dict:
@@ -23,9 +24,11 @@ def _code(rng: random.Random) -> dict:
     if rng.random() < 0.5:
         xs = [rng.randint(0, 50) for _ in range(3)]
         return {"q": f"Read an integer n from stdin and print n multiplied by {k}.",
-                "gt": {"inputs": [f"{x}\n" for x in xs], "outputs": [f"{x * k}\n" for x in xs]}}
+                "gt": {"inputs": [f"{x}\n" for x in xs], "outputs": [f"{x * k}\n" for x in xs]},
+                "ref": f"n = int(input())\nprint(n * {k})"}
     return {"q": f"Write a function add_k(x) that returns x + {k}.",
-            "gt": {"assert": f"assert add_k(1) == {1 + k}\nassert add_k(-3) == {-3 + k}"}}
+            "gt": {"assert": f"assert add_k(1) == {1 + k}\nassert add_k(-3) == {-3 + k}"},
+            "ref": f"def add_k(x):\n    return x + {k}"}
 
 
 _SCIENCE = [
@@ -39,7 +42,7 @@ _SCIENCE = [
 def _science(rng: random.Random) -> dict:
     q, options, answer = rng.choice(_SCIENCE)
     text = q + "\n" + "\n".join(f"{letter}) {o}" for letter, o in zip("ABCD", options))
-    return {"q": text, "gt": answer}
+    return {"q": text, "gt": answer, "ref": f"<think> recall </think> <answer>{answer}</answer>"}
 
 
 def _tooluse(rng: random.Random) -> dict:
@@ -47,7 +50,8 @@ def _tooluse(rng: random.Random) -> dict:
     unit = rng.choice(["celsius", "fahrenheit"])
     q = (f"Find the current weather in {city} in {unit}.\nAvailable tools: get_weather(city: str, unit: str), "
          "search(query: str).\nAnswer with one tool call as:\nAction: <tool name>\nAction Input: <JSON arguments>")
-    return {"q": q, "gt": json.dumps({"name": "get_weather", "arguments": {"city": city, "unit": unit}})}
+    ref = f'Action: get_weather\nAction Input: {{"city": "{city}", "unit": "{unit}"}}'
+    return {"q": q, "gt": json.dumps({"name": "get_weather", "arguments": {"city": city, "unit": unit}}), "ref": ref}
 
 
 _SAFETY = [
@@ -60,7 +64,8 @@ _SAFETY = [
 
 def _safety(rng: random.Random) -> dict:
     prompt, r0, r1, better = rng.choice(_SAFETY)
-    return {"q": f"User prompt: {prompt}\nResponse 0: {r0}\nResponse 1: {r1}", "gt": better}
+    return {"q": f"User prompt: {prompt}\nResponse 0: {r0}\nResponse 1: {r1}", "gt": better,
+            "ref": f"Better response: {better}"}
 
 
 _MAKERS = {"math": _math, "code": _code, "science": _science, "tooluse": _tooluse, "safety": _safety}
@@ -77,6 +82,7 @@ def synthetic_suite(num_per_domain: int, domains=tuple(_MAKERS), seed: int = 0) 
                 "prompt": chat(d, item["q"]),
                 "data_source": d,
                 "reward_model": {"ground_truth": item["gt"]},
-                "extra_info": {"domain": d, "index": i},
+                # `reference`: a correct answer, for the demo's supervised warm start and the tests.
+                "extra_info": {"domain": d, "index": i, "reference": item["ref"]},
             })
     return records

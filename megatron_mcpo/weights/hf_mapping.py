@@ -115,6 +115,9 @@ class VocabTP(Replicated):
     tp_dim = 0
 
     def global_shape(self, reader, dims, layer, padded_vocab):
+        shape = reader.shape(self.hf)
+        if tuple(shape) != (dims.vocab, dims.hidden):
+            raise WeightMappingError(f"shape mismatch: '{self.hf}' is {list(shape)}, config.json implies {[dims.vocab, dims.hidden]}")
         return (padded_vocab, dims.hidden)
 
     def to_hf(self, full, dims, layer):
@@ -152,8 +155,13 @@ class FusedQKV:
         return [n.format(i=layer) for n in (self.q, self.k, self.v)]
 
     def global_shape(self, reader, dims, layer, padded_vocab):
-        shapes = [reader.shape(n) for n in self.hf_names(layer)]
-        return (sum(s[0] for s in shapes), *shapes[0][1:])
+        names = self.hf_names(layer)
+        shapes = [reader.shape(n) for n in names]
+        rows = (dims.heads * dims.head_dim, dims.kv_heads * dims.head_dim, dims.kv_heads * dims.head_dim)
+        for n, shape, r in zip(names, shapes, rows):
+            if shape[0] != r or shape[1:] != shapes[0][1:]:
+                raise WeightMappingError(f"shape mismatch: '{n}' is {list(shape)}, config.json implies {r} rows")
+        return (sum(rows), *shapes[0][1:])
 
     def to_hf(self, full, dims, layer):
         d, qpg, ng = dims.head_dim, dims.q_per_group, dims.kv_heads
@@ -188,8 +196,12 @@ class FusedGateUp:
         return [self.gate.format(i=layer), self.up.format(i=layer)]
 
     def global_shape(self, reader, dims, layer, padded_vocab):
-        shape = reader.shape(self.gate.format(i=layer))
-        return (2 * shape[0], *shape[1:])
+        names = self.hf_names(layer)
+        shapes = [reader.shape(n) for n in names]
+        for n, shape in zip(names, shapes):
+            if shape[0] != dims.ffn or shape != shapes[0]:
+                raise WeightMappingError(f"shape mismatch: '{n}' is {list(shape)}, config.json implies {dims.ffn} rows")
+        return (2 * dims.ffn, *shapes[0][1:])
 
     def to_hf(self, full, dims, layer):
         gate, up = torch.chunk(full, 2, dim=0)
