@@ -4,7 +4,10 @@ Sections (run one or several; each writes its own key into the results JSON, the
   loss        forward + backward of the projector and the MCPO loss on pools of N rollouts, from fp32
               last-layer hidden states (N, d_model) that require grad (the exact two-pass mode needs ∂/∂H).
               Baseline, measured side by side: the projector alone under a trivial loss.
-  (train_step is added with the Megatron train step: a policy step with and without MCPO.)
+  train_step  one PPO mini-batch (optimizer step) of a small Megatron model (d=512, 4 layers) on 32
+              rollouts in 8 micro-batches: `grpo` (baseline) vs `mcpo_grpo` with grad_mode exact
+              (pre-pass + gradient cache), exact reusing the old-log-prob states, and local_anchor;
+              all in one process, interleaved, so the ratios compare like with like.
 
 Usage:
   python benchmarks/mcpo_overhead.py --section loss [--device cpu|cuda] [--repeats 5] [--threads N] [--out PATH]
@@ -126,7 +129,61 @@ def bench_loss(device: torch.device, repeats: int) -> dict:
     }
 
 
-SECTIONS: dict[str, Callable[[torch.device, int], dict]] = {"loss": bench_loss}
+def bench_train_step(device: torch.device, repeats: int) -> dict:
+    from megatron_mcpo.config import load_config
+    from megatron_mcpo.distributed import init_distributed
+    from megatron_mcpo.models.projection import ProjectionHead, ProjectionTrainer
+    from megatron_mcpo.training.minibatch import train_minibatch
+    from megatron_mcpo.training.optimizer import setup_train_state
+
+    hf = dict(model_type="qwen3", vocab_size=8192, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
+              num_attention_heads=8, num_key_value_heads=4, head_dim=64, hidden_act="silu",
+              max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=False,
+              rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+    base = [f"run.device={device.type}", "parallel.micro_batch_size=4", "mcpo.warmup_batches=0", "rollout.n=4"]
+    variants = {
+        "grpo": ["algorithm.name=grpo"],
+        "mcpo_exact": ["algorithm.name=mcpo_grpo", "mcpo.grad_mode=exact"],
+        "mcpo_exact_reuse_old": ["algorithm.name=mcpo_grpo", "mcpo.grad_mode=exact"],
+        "mcpo_local_anchor": ["algorithm.name=mcpo_grpo", "mcpo.grad_mode=local_anchor"],
+    }
+    cfgs = {k: load_config(overrides=base + v) for k, v in variants.items()}
+    groups = init_distributed(device=device.type)
+    state = setup_train_state(cfgs["grpo"], hf, groups)
+    projector = ProjectionTrainer(ProjectionHead(512, 256, 256), lr=1e-3, weight_decay=0.01, grad_clip=1.0)
+    g = torch.Generator().manual_seed(0)
+    n, seq = 32, 128
+    batch = {
+        "tokens": torch.randint(0, 8192, (n, seq), generator=g),
+        "response_mask": torch.arange(seq).expand(n, -1) >= 32,
+        "old_logprobs": -torch.rand(n, seq, generator=g) * 5,
+        "advantages": torch.randn(n, generator=g),
+        "rewards": (torch.rand(n, generator=g) > 0.5).float(),
+        "prompt_ids": torch.arange(n) // 4,
+        "domain_ids": (torch.arange(n) // 4) % len(DOMAINS),
+        "pooled_old": torch.randn(n, 512, generator=g),
+    }
+    batch = {k: v.to(device) for k, v in batch.items()}
+    times: dict[str, list] = {k: [] for k in variants}
+    for i in range(repeats + 1):
+        for name, cfg in cfgs.items():
+            t0 = time.perf_counter()
+            train_minibatch(state, projector, batch, cfg, reuse_old_pooled=name == "mcpo_exact_reuse_old")
+            if i:  # the first round warms up
+                times[name].append((time.perf_counter() - t0) * 1000)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rows = {k: {"step_ms": round(v, 1), "ratio_vs_grpo": round(v / med["grpo"], 3)} for k, v in med.items()}
+    print(json.dumps(rows), flush=True)
+    return {
+        "what": "median ms of one optimizer step (32 rollouts x 128 tokens, 8 micro-batches of 4) of a d=512, "
+                "4-layer fp32 Megatron model, single process; variants interleaved in each round",
+        "baseline": "grpo: the same step without the contrastive term",
+        "repeats": repeats,
+        "rows": rows,
+    }
+
+
+SECTIONS: dict[str, Callable[[torch.device, int], dict]] = {"loss": bench_loss, "train_step": bench_train_step}
 
 
 def main() -> None:

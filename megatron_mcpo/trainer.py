@@ -272,6 +272,12 @@ class Trainer:
 
     def save(self) -> str:
         c = self.cfg.checkpoint
+        if dist.get_rank() == 0 and not os.path.isdir(os.path.join(c.save_dir, "hf")):
+            from megatron_mcpo.weights.dist_ckpt import write_hf_metadata
+
+            # The HF config, family and tokenizer files, so tools/convert_megatron_to_hf.py needs nothing else.
+            os.makedirs(c.save_dir, exist_ok=True)
+            write_hf_metadata(c.save_dir, self.hf_dir, self.cfg.model.params_dtype)
         common = {"sampler": self.sampler.state_dict(), "gen_batches": self.gen_batches, "rl_steps": self.rl_steps}
         path = save_checkpoint(self.state, c.save_dir, common)
         g = self.groups

@@ -86,6 +86,8 @@ def train_minibatch(
             global_num_tokens=num_tokens, global_num_seqs=num_seqs, entropy=out.entropy,
             ref_logprobs=mb.get("ref_logprobs"), **pl_kwargs,
         )
+        if use_mcpo:  # spec §10 num_pos_per_microbatch: summed here, averaged over micro-batches below
+            metrics["mcpo/num_pos_per_microbatch"] = (mb["rewards"] >= mc.positive_threshold).sum().double()
         if G is not None:
             loss = loss + surrogate(out.pooled, G[mb["row"]])
         elif anchor_ctx is not None:
@@ -112,6 +114,8 @@ def train_minibatch(
 
     use_proj = use_mcpo and g.is_last_stage
     metrics = train_step(state, microbatches, loss_fn, extra_step=projector_step if use_proj else None)
+    if use_mcpo:
+        metrics["mcpo/num_pos_per_microbatch"] /= len(microbatches) * g.dp_size
     metrics.update(_broadcast_from_last_stage(pool_metrics, g))
     return metrics
 
