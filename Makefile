@@ -1,11 +1,11 @@
 # Two commands on a fresh machine: `make test` and `make demo`. Both create .venv (Python 3.11) with
-# pinned dependencies once; later runs reuse it (the stamp is redone when setup.py/constraints change).
+# pinned dependencies once (EXTRAS=cpu,dev,launch adds nemo-run); later runs reuse it (the stamp is redone when setup.py/constraints change).
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONSTRAINTS ?= constraints/cpu.txt
-EXTRAS ?= cpu,dev,launch
+EXTRAS ?= cpu,dev
 PYTEST_ARGS ?=
 
 .PHONY: venv test demo bench clean
