@@ -79,3 +79,18 @@ def run_distributed(fn, world_size: int = 2, timeout: float = 300.0, **kwargs) -
     if errors:
         raise AssertionError("\n".join(errors))
     return [results[r] for r in range(world_size)]
+
+
+def rows_by_index(results: list, key: str, n: int):
+    """Stack per-rank rows of `key` into global order using each last-stage rank's "index" (global row
+    ids); replicas of a row (TP ranks) must agree."""
+    import torch
+
+    rows = {}
+    for r in results:
+        if r["last"]:
+            for i, idx in enumerate(r["index"].tolist()):
+                if idx in rows:
+                    assert torch.allclose(rows[idx], r[key][i], atol=1e-6), "model-parallel replicas disagree"
+                rows[idx] = r[key][i]
+    return torch.stack([rows[i] for i in range(n)])

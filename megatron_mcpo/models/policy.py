@@ -12,7 +12,6 @@ needs no attention mask: padding comes after every real token.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.distributed as dist

@@ -8,7 +8,7 @@ sources, and under the names of the datasets commonly used for them.
 import threading
 from typing import Callable, Iterable, Optional
 
-from megatron_mcpo.domains import DOMAINS
+from megatron_mcpo.domains import DOMAINS  # noqa: F401  (re-exported by megatron_mcpo.rewards)
 
 from . import code, math, safety, science, tooluse
 

@@ -10,7 +10,7 @@ on projector gradients, 2e-5 on log-probs (fp32 model; the MCPO loss itself runs
 import pytest
 import torch
 
-from dist_utils import run_distributed
+from dist_utils import rows_by_index, run_distributed
 
 pytestmark = pytest.mark.dist
 
@@ -94,13 +94,6 @@ def reference(tmp_path_factory):
     return ckpt, ref
 
 
-def _rows(results, key):
-    rows = {}
-    for r in results:
-        if r["last"]:
-            for i, idx in enumerate(r["index"].tolist()):
-                rows[idx] = r[key][i]
-    return torch.stack([rows[i] for i in range(B)])
 
 
 @pytest.mark.parametrize(
@@ -120,7 +113,7 @@ def test_exact_pool_matches_one_graph(reference, tp, pp, mbs, reuse_old):
             assert r["metrics"][k] == pytest.approx(ref["metrics"][k], rel=1e-5, abs=1e-7), k
         if r["last"]:
             torch.testing.assert_close(r["proj_grad"], ref["proj_grad"], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(_rows(results, "after")[rm], ref["after"][rm], atol=2e-5, rtol=0)
+    torch.testing.assert_close(rows_by_index(results, "after", B)[rm], ref["after"][rm], atol=2e-5, rtol=0)
 
 
 def test_contrastive_term_moves_the_backbone(reference):

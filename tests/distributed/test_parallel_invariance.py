@@ -9,7 +9,7 @@ Tolerance: 2e-5 absolute on per-token values, 1e-5 relative on loss and grad nor
 import pytest
 import torch
 
-from dist_utils import run_distributed
+from dist_utils import rows_by_index, run_distributed
 
 pytestmark = pytest.mark.dist
 
@@ -82,15 +82,6 @@ def reference(tmp_path_factory):
     return ckpt, ref
 
 
-def _assemble(results, key):
-    rows = {}
-    for r in results:
-        if r["last"]:
-            for i, idx in enumerate(r["index"].tolist()):
-                if idx in rows:
-                    assert torch.allclose(rows[idx], r[key][i], atol=1e-6), "TP replicas disagree"
-                rows[idx] = r[key][i]
-    return torch.stack([rows[i] for i in range(B)])
 
 
 @pytest.mark.parametrize(
@@ -101,9 +92,9 @@ def test_layout_matches_single_process(reference, tp, pp, vpp):
     results = run_distributed(_worker, world_size=2, tp=tp, pp=pp, vpp=vpp, ckpt=ckpt, save=False, mbs=2)
     response = _batch()["response_mask"]
     for key in ("logprobs", "entropy", "after"):
-        got = _assemble(results, key)
+        got = rows_by_index(results, key, B)
         torch.testing.assert_close(got[response], ref[key][response], atol=ATOL, rtol=0)
-    torch.testing.assert_close(_assemble(results, "pooled"), ref["pooled"], atol=ATOL, rtol=0)
+    torch.testing.assert_close(rows_by_index(results, "pooled", B), ref["pooled"], atol=ATOL, rtol=0)
     for r in results:  # every rank (every PP stage too) reports the same reduced metrics
         for name in ("loss", "nll", "grad_norm"):
             assert r["metrics"][name] == pytest.approx(ref["metrics"][name], rel=1e-5), name

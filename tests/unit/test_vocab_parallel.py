@@ -1,5 +1,4 @@
 """Vocab-parallel log-probs/entropy equal a full-vocab reference, values and gradients (float64)."""
-import pytest
 import torch
 
 from dist_utils import run_distributed
