@@ -19,14 +19,14 @@ OVERRIDES = [
 ]
 
 
-def _run(rank, out, total_steps, sft_steps, resume):
+def _run(rank, out, total_steps, sft_steps, resume, extra=()):
     from megatron_mcpo.config import load_config
     from megatron_mcpo.demo import sft_warm_start
     from megatron_mcpo.trainer import Trainer
 
     cfg = load_config("examples/configs/tiny_cpu.yaml", OVERRIDES + [
         f"run.total_steps={total_steps}", f"run.output_dir={out}", f"logging.log_dir={out}/logs",
-        f"checkpoint.save_dir={out}/ckpt", *([f"checkpoint.load_dir={out}/ckpt"] if resume else []),
+        f"checkpoint.save_dir={out}/ckpt", *([f"checkpoint.load_dir={out}/ckpt"] if resume else []), *extra,
     ])
     trainer = Trainer(cfg)
     try:
@@ -51,11 +51,15 @@ def test_loop_checkpoint_resume_export(tmp_path):
     with open(f"{out}/logs/mcpo.jsonl") as f:
         assert json.loads(f.readline())["step"] == 1
 
-    (second,) = run_distributed(_run, world_size=1, timeout=600, out=out, total_steps=2, sft_steps=0, resume=True)
+    # Resume, switching to MCPO-DAPO: dynamic sampling keeps generating until 5 mixed-outcome groups exist.
+    dapo = ["algorithm.name=mcpo_dapo", "algorithm.overlong_buffer_len=8"]
+    (second,) = run_distributed(_run, world_size=1, timeout=600, out=out, total_steps=2, sft_steps=0, resume=True,
+                                extra=dapo)
     assert second["start"][:2] == (1, 1)  # RL step and optimizer-step (MCPO warmup) counters restored
     assert second["start"][2] == {"epoch": 0, "pos": 5}  # the data position too
     (m2,) = second["history"]  # exactly one more step
     assert second["end"] == (2, 2) and m2["mcpo/warmup_active"] == 0.0
+    assert m2["rollout/groups_kept"] == 5 and 0.0 < m2["mcpo/pos_ratio"] < 1.0
 
     from transformers import AutoModelForCausalLM
 
