@@ -147,11 +147,9 @@ class DataConfig:
     # verl-style parquet/jsonl files (prompt, data_source, reward_model.ground_truth, extra_info);
     # empty = the embedded synthetic multi-domain suite.
     train_files: list[str] = field(default_factory=list)
-    val_files: list[str] = field(default_factory=list)
     domains: list[str] = field(default_factory=lambda: ["math", "code", "science", "tooluse", "safety"])
     shuffle: bool = True
     seed: int = 1234
-    seq_length: int = 1024  # max prompt + response tokens in one training sequence
 
 
 @dataclass
@@ -183,15 +181,11 @@ class CheckpointConfig:
     save_dir: Optional[str] = None
     load_dir: Optional[str] = None
     save_interval: int = 0  # steps; 0 = only at the end
-    async_save: bool = False
 
 
 @dataclass
 class LoggingConfig:
-    log_dir: str = "outputs/logs"
-    log_interval: int = 1
-    jsonl: bool = True
-    wandb_project: Optional[str] = None
+    log_dir: str = "outputs/logs"  # <log_dir>/<run.name>.jsonl: one line of metrics per RL step
 
 
 @dataclass
@@ -415,6 +409,7 @@ def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Opti
         f"algorithm.mini_batch_prompts: {a.mini_batch_prompts} does not divide train_batch_prompts={a.train_batch_prompts}",
     )
     _require(a.ppo_epochs >= 1, "algorithm.ppo_epochs: must be >= 1")
+    _require(a.kl_coef == 0, "algorithm.kl_coef: the trainer computes no reference-policy log-probs yet (the paper uses 0)")
     _require(a.overlong_buffer_len >= 1, "algorithm.overlong_buffer_len: must be >= 1")
     _require(
         not a.resolved().overlong_buffer_enable or a.overlong_buffer_len <= cfg.rollout.max_response_length,
@@ -440,10 +435,6 @@ def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Opti
     _require(0 < r.top_p <= 1, "rollout.top_p: must be in (0, 1]")
     _require(0 < r.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization: must be in (0, 1]")
     _require(r.tp == 1 or on_gpu, "rollout.tp: vLLM tensor parallel > 1 is GPU only")
-    _require(
-        r.max_prompt_length + r.max_response_length <= cfg.data.seq_length,
-        "data.seq_length: smaller than rollout.max_prompt_length + rollout.max_response_length",
-    )
     o = cfg.optimizer
     _require(o.lr >= 0 and o.min_lr >= 0, "optimizer.lr: must be >= 0")
     _require(o.clip_grad >= 0, "optimizer.clip_grad: must be >= 0")
