@@ -48,6 +48,9 @@ def test_overrides_apply_over_yaml(tmp_path):
         (["parallel.sequence_parallel=true", "parallel.tp=2"], "parallel.sequence_parallel"),
         (["mcpo.temperature=0"], "mcpo.temperature"),
         (["algorithm.mini_batch_prompts=3"], "algorithm.mini_batch_prompts"),
+        (["data.domains=[math, sciense]"], "data.domains"),
+        (["algorithm.kl_coef=0.01"], "algorithm.kl_coef"),
+        (["algorithm.name=dapo", "rollout.max_response_length=64"], "algorithm.overlong_buffer_len"),
     ],
 )
 def test_validation_names_the_field_before_any_process_group(overrides, field):
