@@ -11,7 +11,7 @@ from dist_utils import run_distributed
 pytestmark = pytest.mark.gpu
 
 
-def _step(rank, device, hf_dir, overrides):
+def _step(rank, device, hf_dir, overrides, tp=1):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     from megatron_mcpo.config import load_config
@@ -22,7 +22,7 @@ def _step(rank, device, hf_dir, overrides):
     from megatron_mcpo.config import read_hf_config
 
     cfg = load_config(overrides=[f"run.device={device}", "optimizer.optimizer=sgd", "optimizer.lr=0.1", *overrides])
-    groups = init_distributed(device=device)
+    groups = init_distributed(tp=tp, device=device)
     state = setup_train_state(cfg, read_hf_config(hf_dir), groups)
     load_hf_weights(state.policy.chunks, hf_dir)
     dev = groups.device
@@ -57,3 +57,13 @@ def test_transformer_engine_fp8_step(tiny_dirs):
                            overrides=["model.transformer_impl=transformer_engine", "model.params_dtype=bf16",
                                       "model.fp8=hybrid", "model.fp8_recipe=delayed"])
     assert torch.isfinite(r["logprobs"]).all() and r["grad_norm"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_two_gpu_tp2_matches_cpu(tiny_dirs):
+    (cpu,) = run_distributed(_step, world_size=1, device="cpu", hf_dir=tiny_dirs["qwen3"], overrides=[])
+    results = run_distributed(_step, world_size=2, device="cuda", hf_dir=tiny_dirs["qwen3"], tp=2,
+                              overrides=["model.transformer_impl=local", "parallel.tp=2"])
+    for r in results:
+        torch.testing.assert_close(r["logprobs"], cpu["logprobs"], atol=1e-4, rtol=0)
+        assert r["grad_norm"] == pytest.approx(cpu["grad_norm"], rel=1e-4)
