@@ -10,18 +10,16 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from megatron_mcpo.algorithms.advantages import group_advantages
-from megatron_mcpo.algorithms.dapo import dynamic_sampling_filter, overlong_penalty
+from megatron_mcpo.algorithms.dapo import dynamic_sampling_filter
 from megatron_mcpo.config import Config, read_hf_config, validate
+from megatron_mcpo.data.batch import Rollout, build_train_batch
 from megatron_mcpo.data.dataset import PromptSampler, load_jsonl, record_domain
 from megatron_mcpo.data.synthetic import synthetic_suite
 from megatron_mcpo.distributed import init_distributed
-from megatron_mcpo.domains import domain_id
 from megatron_mcpo.models.projection import ProjectionHead, ProjectionTrainer
 from megatron_mcpo.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from megatron_mcpo.training.minibatch import train_minibatch
@@ -29,18 +27,6 @@ from megatron_mcpo.training.optimizer import setup_train_state
 from megatron_mcpo.training.train_step import concat_outputs, forward_outputs, split_microbatches
 
 PROMPT_UID_STRIDE = 1_000_000  # prompt ids = generation batch * stride + global prompt index: unique everywhere
-
-
-@dataclass
-class Rollout:
-    prompt_uid: int
-    domain: str
-    prompt_ids: list[int]
-    response_ids: list[int]
-    sample_logprobs: list[float]
-    finish_reason: str
-    score: float = 0.0
-    acc: float = 0.0
 
 
 class Trainer:
@@ -79,7 +65,8 @@ class Trainer:
         t["time/rollout"] = time.perf_counter() - tic
         batch = self.make_train_batch(rollouts)                                   # advantages, tokens, masks
         tic = time.perf_counter()
-        batch.update(self.old_logprobs(batch, rollouts))                          # forward-only pass
+        old, mismatch = self.old_logprobs(batch)                                  # forward-only pass
+        batch.update(old)
         t["time/old_logprob"] = time.perf_counter() - tic
         tic = time.perf_counter()
         metrics = {}
@@ -98,7 +85,7 @@ class Trainer:
         t["time/refit"] = time.perf_counter() - tic
         out = {k: sum(v) / len(v) for k, v in metrics.items()}
         self.rl_steps += 1
-        out.update(gen_metrics, **t, **refit_stats, step=self.rl_steps, optimizer_steps=self.state.step)
+        out.update(gen_metrics, **mismatch, **t, **refit_stats, step=self.rl_steps, optimizer_steps=self.state.step)
         return out
 
     # ------------------------------------------------------------------ pieces
@@ -170,40 +157,26 @@ class Trainer:
         return box[0]
 
     def make_train_batch(self, rollouts: list[Rollout]) -> dict:
-        """Right-padded token tensors, masks, (shaped) rewards and group advantages, whole groups in order."""
         cfg = self.cfg
         a = cfg.algorithm.resolved()
-        scores = torch.tensor([r.score for r in rollouts], dtype=torch.float32)
-        lengths = torch.tensor([len(r.response_ids) for r in rollouts])
-        if a.overlong_buffer_enable:
-            scores, _ = overlong_penalty(scores, lengths, cfg.rollout.max_response_length, a.overlong_buffer_len,
-                                         a.overlong_penalty_factor)
-        uids = torch.tensor([r.prompt_uid for r in rollouts])
-        seq_len = max(len(r.prompt_ids) + len(r.response_ids) for r in rollouts)
-        seq_len = -(-seq_len // 8) * 8
-        tokens = torch.zeros(len(rollouts), seq_len, dtype=torch.long)
-        mask = torch.zeros(len(rollouts), seq_len, dtype=torch.bool)
-        for i, r in enumerate(rollouts):
-            ids = r.prompt_ids + r.response_ids
-            tokens[i, : len(ids)] = torch.tensor(ids)
-            mask[i, len(r.prompt_ids) : len(ids)] = True
-        batch = {
-            "tokens": tokens, "response_mask": mask, "rewards": scores, "prompt_ids": uids,
-            "domain_ids": torch.tensor([domain_id(r.domain) for r in rollouts]),
-            "advantages": group_advantages(scores, uids, a.adv_estimator, a.adv_eps),
-        }
-        if cfg.mcpo.pool_order == "scattered":  # rollouts of a prompt spread over the mini-batches
-            perm = torch.randperm(len(rollouts), generator=torch.Generator().manual_seed(self.gen_batches))
-            batch = {k: v[perm] for k, v in batch.items()}
-        return batch
+        overlong = (cfg.rollout.max_response_length, a.overlong_buffer_len, a.overlong_penalty_factor)
+        return build_train_batch(
+            rollouts, adv_estimator=a.adv_estimator, adv_eps=a.adv_eps,
+            overlong=overlong if a.overlong_buffer_enable else None,
+            scatter_seed=self.gen_batches if cfg.mcpo.pool_order == "scattered" else None,
+        )
 
-    def old_logprobs(self, batch: dict, rollouts: list[Rollout]) -> dict:
-        """log π_old of the response tokens (and the pooled states) from the policy that sampled them."""
+    def old_logprobs(self, batch: dict) -> tuple[dict, dict]:
+        """log π_old of the response tokens (and the pooled states) from the policy that sampled them,
+        and how far the engine's sampling log-probs are from them (train/rollout mismatch)."""
         outs = forward_outputs(self.state.policy, split_microbatches(batch, self.cfg.parallel.micro_batch_size))
         if outs is None:  # not the last pipeline stage: the loss is computed elsewhere
-            return {"old_logprobs": torch.zeros(batch["tokens"].shape)}
+            return {"old_logprobs": torch.zeros(batch["tokens"].shape)}, {}
         out = concat_outputs(outs)
-        return {"old_logprobs": out.logprobs, "pooled_old": out.pooled}
+        m = batch["response_mask"]
+        diff = (out.logprobs - batch["sample_logprobs"]).abs()[m]
+        metrics = {"rollout/logprob_abs_diff_mean": float(diff.mean()), "rollout/logprob_abs_diff_max": float(diff.max())}
+        return {"old_logprobs": out.logprobs, "pooled_old": out.pooled}, metrics
 
     def refit(self) -> dict:
         from megatron_mcpo.weights.refit import refit
@@ -239,7 +212,9 @@ class Trainer:
         r = self.cfg.rollout
         return VLLMEngine(self.hf_dir, seed=r.seed + self.groups.dp_rank, gpu_memory_utilization=r.gpu_memory_utilization,
                           enforce_eager=r.enforce_eager, max_model_len=r.max_prompt_length + r.max_response_length,
-                          tensor_parallel_size=r.tp, dtype=self.cfg.model.params_dtype)
+                          tensor_parallel_size=r.tp, dtype=self.cfg.model.params_dtype,
+                          # the policy's own log-probs (before temperature/top-p), comparable with Megatron's
+                          logprobs_mode="raw_logprobs")
 
     def _make_scorer(self):
         from megatron_mcpo.rewards import RewardScorer, SandboxLimits

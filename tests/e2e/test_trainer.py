@@ -46,6 +46,8 @@ def test_loop_checkpoint_resume_export(tmp_path):
     for key in ("reward/all/acc", "reward/math/count", "pg_loss", "grad_norm", "mcpo/pos_ratio", "refit/seconds"):
         assert key in m and math.isfinite(m[key]), key
     assert m["reward/all/count"] == 20 and first["end"] == (1, 1)
+    # the engine (after the warm-start refit) and Megatron agree on the sampled tokens' log-probs (fp32)
+    assert m["rollout/logprob_abs_diff_max"] < 1e-3
     assert m["mcpo/warmup_active"] == 1.0  # the first optimizer step is inside the 1-step warmup
     assert os.path.isfile(f"{out}/ckpt/latest_iteration.txt") and os.path.isfile(f"{out}/ckpt/hf/config.json")
     with open(f"{out}/logs/mcpo.jsonl") as f:
