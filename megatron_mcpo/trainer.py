@@ -274,7 +274,8 @@ class Trainer:
             if dist.get_rank() == 0:
                 with open(log_path, "a") as f:
                     f.write(json.dumps(metrics) + "\n")
-                keys = ("step", "reward/all/acc", "pg_loss", "mcpo/loss_cl", "grad_norm", "time/rollout", "time/train")
+                keys = ("step", "reward/all/acc", "pg_loss", "mcpo/loss_cl", "grad_norm", "rollout/logprob_abs_diff_max",
+                        "time/rollout", "time/train")
                 print(" ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics), flush=True)
             if cfg.checkpoint.save_dir and cfg.checkpoint.save_interval and self.rl_steps % cfg.checkpoint.save_interval == 0:
                 self.save()
