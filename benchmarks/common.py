@@ -9,7 +9,8 @@ import time
 import torch
 
 
-def machine_info() -> dict:
+def machine_info(**extra) -> dict:
+    """The machine a result was measured on (plus `extra` fields, e.g. library versions)."""
     cpu = platform.processor() or "unknown"
     try:
         with open("/proc/cpuinfo") as f:
@@ -20,13 +21,17 @@ def machine_info() -> dict:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "kernel": platform.release(),
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        # other jobs on a shared machine slow every measurement (ratios are measured side by side)
+        "loadavg_1min_at_start": round(os.getloadavg()[0], 2),
         "date": time.strftime("%Y-%m-%d"),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
-    return info
+    return {**info, **extra}
 
 
 def write_result(path: str, result: dict) -> None:

@@ -16,10 +16,8 @@ Results: benchmarks/results/mcpo_overhead_<device>.json, with the machine descri
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import time
 from typing import Callable
@@ -30,33 +28,11 @@ from megatron_mcpo.algorithms.mcpo import mcpo_contrastive_loss
 from megatron_mcpo.config import MCPOConfig
 from megatron_mcpo.domains import DOMAINS
 
+from common import machine_info  # benchmarks/common.py (the script's directory is on sys.path)
+
 POOL_SIZES = (256, 512, 1024, 2048, 4096)
 D_MODEL = 4096
 ROLLOUTS_PER_PROMPT = 8
-
-
-def machine(device: torch.device) -> dict:
-    """The machine a result was measured on."""
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    info = {
-        "cpu_model": cpu,
-        "cpu_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": str(device),
-        "date": datetime.date.today().isoformat(),
-        # other jobs on a shared machine slow every measurement (ratios are measured side by side)
-        "loadavg_1min_at_start": round(os.getloadavg()[0], 2),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def median_ms(fn: Callable[[], None], device: torch.device, repeats: int, warmup: int = 1) -> float:
@@ -206,7 +182,7 @@ def main() -> None:
         with open(out) as f:
             results = json.load(f)
     for name in args.section or sorted(SECTIONS):  # each section records its own machine
-        results["sections"][name] = {"machine": machine(device), **SECTIONS[name](device, args.repeats)}
+        results["sections"][name] = {"machine": machine_info(device=str(device)), **SECTIONS[name](device, args.repeats)}
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump(results, f, indent=2)

@@ -9,19 +9,12 @@ ratio to the memcpy GB/s; the gather+mapping stage alone; the machine.
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
+from common import machine_info  # benchmarks/common.py (the script's directory is on sys.path)
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -82,8 +75,7 @@ def main() -> None:
         "memcpy_before_engine_start": {"seconds": copy_idle_s, "gb_per_s": nbytes / copy_idle_s / 1e9},
         "gather_and_map_only": {"seconds": gather_s, "gb_per_s": nbytes / gather_s / 1e9},
         "refit": rows,
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__, "vllm": vllm.__version__,
-                    "python": platform.python_version()},
+        "machine": machine_info(vllm=vllm.__version__),
         "repeats": args.repeats,
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

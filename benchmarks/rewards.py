@@ -14,7 +14,6 @@ import contextlib
 import io
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_mcpo.rewards import RewardScorer, Sandbox, SandboxLimits  # noqa: E402
 from megatron_mcpo.rewards.code import same_stdout  # noqa: E402
+
+from common import machine_info  # noqa: E402  (benchmarks/common.py)
 
 PROGRAMS = [  # (program, passes its tests)
     ("a, b = map(int, input().split())\nprint(a + b)", True),
@@ -139,18 +140,6 @@ def bench_math(n: int, repeats: int, workers: int) -> dict:
             "runs": [round(x, 1) for x in rates], "pool_start_s": round(warmup, 2), "acc": expected}
 
 
-def machine() -> dict:
-    with open("/proc/cpuinfo") as f:
-        model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
-    try:
-        torch = metadata.version("torch")
-    except metadata.PackageNotFoundError:
-        torch = None
-    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
-            "torch": torch, "math_verify": metadata.version("math-verify"),
-            "load_avg_1m_at_start": round(os.getloadavg()[0], 2)}
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--programs", type=int, default=200)
@@ -160,7 +149,7 @@ def main():
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                                       "rewards_cpu.json"))
     args = parser.parse_args()
-    result = {"machine": machine(), "code": bench_programs(args.programs, args.repeats, args.workers),
+    result = {"machine": machine_info(math_verify=metadata.version("math-verify")), "code": bench_programs(args.programs, args.repeats, args.workers),
               "math": bench_math(args.math, args.repeats, args.workers),
               "note": "shared 2-core machine: other jobs may have run at the same time; the ratio is measured "
                       "side by side, alternating, and is the figure to compare"}
