@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
-import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -341,11 +339,12 @@ def read_hf_config(hf_path: str) -> dict:
         if family not in TINY_MODELS:
             raise ConfigError(f"model.hf_path: unknown tiny model '{family}'{_suggest(family, list(TINY_MODELS))}")
         return tiny_hf_config(family)
-    cfg_file = os.path.join(hf_path, "config.json")
-    if not os.path.isfile(cfg_file):
-        raise ConfigError(f"model.hf_path: no config.json in '{hf_path}'")
-    with open(cfg_file) as f:
-        return json.load(f)
+    from megatron_mcpo.weights.hf_io import read_hf_config as read_dir
+
+    try:
+        return read_dir(hf_path)
+    except FileNotFoundError:
+        raise ConfigError(f"model.hf_path: no config.json in '{hf_path}'") from None
 
 
 def model_family(hf_config: dict) -> str:
