@@ -131,6 +131,15 @@ def destroy_distributed() -> None:
         dist.destroy_process_group()
 
 
+def broadcast_object(obj, group, src: int):
+    """`obj` (picklable) from the rank with group rank `src` to every rank of `group`."""
+    if group is None or dist.get_world_size(group) == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=dist.get_global_rank(group, src), group=group)
+    return box[0]
+
+
 class _AllGatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:

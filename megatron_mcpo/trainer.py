@@ -19,7 +19,7 @@ from megatron_mcpo.config import Config, read_hf_config, validate
 from megatron_mcpo.data.batch import Rollout, build_train_batch
 from megatron_mcpo.data.dataset import PromptSampler, load_jsonl, record_domain
 from megatron_mcpo.data.synthetic import synthetic_suite
-from megatron_mcpo.distributed import init_distributed
+from megatron_mcpo.distributed import broadcast_object, init_distributed
 from megatron_mcpo.models.projection import ProjectionHead, ProjectionTrainer
 from megatron_mcpo.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from megatron_mcpo.training.minibatch import train_minibatch
@@ -149,12 +149,7 @@ class Trainer:
     def _share_with_model_parallel_group(self, obj):
         from megatron.core import parallel_state as ps
 
-        group = ps.get_model_parallel_group()
-        if dist.get_world_size(group) == 1:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=dist.get_global_rank(group, 0), group=group)
-        return box[0]
+        return broadcast_object(obj, ps.get_model_parallel_group(), src=0)
 
     def make_train_batch(self, rollouts: list[Rollout]) -> dict:
         cfg = self.cfg

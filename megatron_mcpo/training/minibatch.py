@@ -25,7 +25,7 @@ from megatron_mcpo.algorithms.mcpo import (
 )
 from megatron_mcpo.algorithms.policy_loss import policy_loss_kwargs, ppo_policy_loss
 from megatron_mcpo.config import Config
-from megatron_mcpo.distributed import all_gather_with_grad
+from megatron_mcpo.distributed import all_gather_with_grad, broadcast_object
 from megatron_mcpo.models.projection import ProjectionTrainer
 from megatron_mcpo.training.pool import PoolMeta, gather_meta, gather_rows, pool_gradient, surrogate
 from megatron_mcpo.training.train_step import concat_outputs, forward_outputs, split_microbatches, train_step
@@ -116,7 +116,7 @@ def train_minibatch(
     metrics = train_step(state, microbatches, loss_fn, extra_step=projector_step if use_proj else None)
     if use_mcpo:
         metrics["mcpo/num_pos_per_microbatch"] /= len(microbatches) * g.dp_size
-    metrics.update(_broadcast_from_last_stage(pool_metrics, g))
+    metrics.update(broadcast_object(pool_metrics, g.pp, src=g.pp_size - 1))
     return metrics
 
 
@@ -146,11 +146,3 @@ def _local_anchor_loss(pooled, rows, ctx, projector, mc, g, warm):
     return mcpo_anchor_subset_loss(
         u, full.rewards, full.prompt_ids, full.domain_ids, global_rows, ctx["normalizers"], **mcpo_kernel_kwargs(mc)
     )
-
-
-def _broadcast_from_last_stage(metrics: dict, g) -> dict:
-    if g.pp_size == 1:
-        return metrics
-    obj = [metrics]
-    dist.broadcast_object_list(obj, src=dist.get_global_rank(g.pp, g.pp_size - 1), group=g.pp)
-    return obj[0]

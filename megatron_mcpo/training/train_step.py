@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Optional
 import torch
 import torch.distributed as dist
 
+from megatron_mcpo.distributed import broadcast_object
 from megatron_mcpo.models.policy import PolicyModel, TokenOutputs
 
 LossFn = Callable[[TokenOutputs, dict], tuple[torch.Tensor, dict]]
@@ -65,13 +66,7 @@ def _reduce_metrics(store: list, policy: PolicyModel) -> dict:
         vec = torch.stack([totals[k] for k in keys])
         dist.all_reduce(vec, group=g.dp)
         totals = dict(zip(keys, vec))
-    result = {k: float(v) for k, v in totals.items()}
-    if g.pp_size > 1:
-        obj = [result]
-        last = dist.get_global_rank(g.pp, g.pp_size - 1)
-        dist.broadcast_object_list(obj, src=last, group=g.pp)
-        result = obj[0]
-    return result
+    return broadcast_object({k: float(v) for k, v in totals.items()}, g.pp, src=g.pp_size - 1)
 
 
 def train_step(state, microbatches: list[dict], loss_fn: LossFn, extra_step: Optional[Callable[[], dict]] = None) -> dict:
