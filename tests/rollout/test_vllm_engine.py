@@ -77,18 +77,51 @@ def trained_tp1(tiny_dirs):
 
 
 def test_refit_tp1_bucket_by_bucket_matches_megatron(engine, trained_tp1, tiny_dirs):
-    from weights.refit_helpers import fixed_tokens, hf_config, megatron_logprobs
+    """Both CPU transports into the same engine; the policy trains in between, so each refit must move the
+    engine's log-probs from the previous weights to the new ones."""
+    from weights.refit_helpers import fixed_tokens, hf_config, megatron_logprobs, sgd_steps
 
     from megatron_mcpo.weights.refit import refit
 
     state, groups = trained_tp1
     tokens = fixed_tokens(n=4, length=16)
-    reference = megatron_logprobs(state, tokens)
-    before = torch.tensor(engine.score(tokens.tolist()), dtype=torch.float64)
-    assert (before - reference).abs().max() > 1e-2  # training moved the weights away from the HF ones
-    # 64 KiB buckets: many reloads, each holding whole engine modules only.
-    stats = refit(state.policy.chunks, hf_config(tiny_dirs[FAMILY]), groups, engine, bucket_mb=1 / 16)
-    assert stats.buckets > 10 and stats.bytes > 0
+    for i, transport in enumerate(("broadcast", "shm")):
+        if i:
+            sgd_steps(state, fixed_tokens(seed=30 + i))
+        engine.transport = transport
+        reference = megatron_logprobs(state, tokens)
+        before = torch.tensor(engine.score(tokens.tolist()), dtype=torch.float64)
+        assert (before - reference).abs().max() > 1e-2, transport  # training moved the weights
+        # 64 KiB buckets: many buckets, each holding whole engine modules only.
+        stats = refit(state.policy.chunks, hf_config(tiny_dirs[FAMILY]), groups, engine, bucket_mb=1 / 16)
+        assert stats.buckets > 10 and stats.bytes > 0
+        after = torch.tensor(engine.score(tokens.tolist()), dtype=torch.float64)
+        # vLLM (fp32, its own kernels) vs Megatron (fp32 local spec): tolerance 1e-4 on log-probs.
+        assert (after - reference).abs().max() < 1e-4, transport
+
+
+def test_broadcast_refit_survives_a_failing_sender(engine, trained_tp1, tiny_dirs):
+    """A refit whose weight stream fails half-way raises the trainer's error (the workers get the abort
+    marker instead of hanging); the next full refit leaves the engine equal to Megatron again."""
+    from weights.refit_helpers import fixed_tokens, hf_config, megatron_logprobs, sgd_steps
+
+    from megatron_mcpo.weights.gather import megatron_to_hf_tensors
+    from megatron_mcpo.weights.refit import bucket_tensors, refit
+
+    state, groups = trained_tp1
+    sgd_steps(state, fixed_tokens(seed=40))
+    engine.transport = "broadcast"
+    hf = hf_config(tiny_dirs[FAMILY])
+
+    def failing_buckets():
+        for i, bucket in enumerate(bucket_tensors(megatron_to_hf_tensors(state.policy.chunks, hf, groups), 1 << 16)):
+            if i == 3:
+                raise OSError("gather failed")
+            yield bucket
+
+    with pytest.raises(OSError, match="gather failed"):
+        engine.update_weights(failing_buckets())
+    refit(state.policy.chunks, hf, groups, engine, bucket_mb=1 / 16)
+    tokens = fixed_tokens(n=4, length=16)
     after = torch.tensor(engine.score(tokens.tolist()), dtype=torch.float64)
-    # vLLM (fp32, its own kernels) vs Megatron (fp32 local spec): tolerance 1e-4 on log-probs.
-    assert (after - reference).abs().max() < 1e-4
+    assert (after - megatron_logprobs(state, tokens)).abs().max() < 1e-4
