@@ -1,5 +1,6 @@
-"""The broadcast refit transport's wire protocol (no vLLM): one sender, two receivers on a gloo group of
-its own built from a TCPStore (as the trainer rank and an engine's TP workers are)."""
+"""The broadcast refit transport's wire protocol (no vLLM): one sender and its receivers on a group of
+their own built from a TCPStore (as the trainer rank and an engine's TP workers are): gloo with three CPU
+processes, NCCL with one GPU per process where there are enough GPUs."""
 import os
 
 import pytest
@@ -17,31 +18,39 @@ def _buckets():
     ]
 
 
-def _rank_fn(rank, fail_after=None):
+def _rank_fn(rank, device="cpu", fail_after=None):
     from megatron_mcpo.rollout.broadcast import WeightStreamAborted, receive_buckets, rendezvous, send_buckets
 
-    group = rendezvous("127.0.0.1", int(os.environ["MASTER_PORT"]) + 1, rank, 3, torch.device("cpu"), timeout_s=60)
+    dev = torch.device("cuda", rank) if device == "cuda" else torch.device("cpu")
+    group = rendezvous("127.0.0.1", int(os.environ["MASTER_PORT"]) + 1, rank, int(os.environ["WORLD_SIZE"]), dev, timeout_s=60)
     if rank == 0:
         def produce():
             for i, bucket in enumerate(_buckets()):
                 if i == fail_after:
                     raise OSError("gather failed")
-                yield bucket
+                yield [(n, t.to(dev)) for n, t in bucket]
         try:
-            return {"sent": send_buckets(group, produce(), torch.device("cpu"))}
+            return {"sent": send_buckets(group, produce(), dev)}
         except OSError as e:
             return {"error": str(e)}
     received = []
     try:
-        for name, t in receive_buckets(group, torch.device("cpu")):
-            received.append((name, t.clone()))
+        for name, t in receive_buckets(group, dev):
+            assert t.device == dev
+            received.append((name, t.cpu()))
     except WeightStreamAborted:
         return {"received": received, "aborted": True}
     return {"received": received, "aborted": False}
 
 
-def test_receivers_get_every_tensor_bit_exact_in_order():
-    sender, *receivers = run_distributed(_rank_fn, world_size=3, timeout=120)
+_NCCL = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="NCCL needs 2 GPUs")])
+
+
+@pytest.mark.parametrize("device", ["cpu", _NCCL])
+def test_receivers_get_every_tensor_bit_exact_in_order(device):
+    world = 3 if device == "cpu" else 2
+    sender, *receivers = run_distributed(_rank_fn, world_size=world, timeout=120, device=device)
     expected = [nt for bucket in _buckets() for nt in bucket]
     assert sender["sent"] == sum(t.nbytes for _, t in expected)
     for r in receivers:
