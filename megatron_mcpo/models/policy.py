@@ -8,15 +8,30 @@ response tokens), the last pipeline stage yields, aligned with `tokens`:
 Log-probs and entropy are computed vocab-parallel (padded-vocab rows masked); the pooled state is
 reduced across the sequence-parallel and context-parallel shards. Right padding with the causal mask
 needs no attention mask: padding comes after every real token.
+
+With `sequence_packing` the micro-batch runs as one packed row [1, T] (models/packing.py): THD
+PackedSeqParams where the attention supports them (Transformer Engine: per-sequence attention and
+RoPE), else megatron's local attention with a block-diagonal causal mask (RoPE is relative, so the
+packed row's running positions give the same scores up to rounding). Outputs are unpacked to [b, s],
+so the quantities above are unchanged.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 
 from megatron_mcpo.distributed import ParallelGroups
+from megatron_mcpo.models.packing import (
+    PackedLayout,
+    block_causal_mask,
+    pack,
+    packed_length,
+    sequence_lengths,
+    thd_packed_seq_params,
+)
 from megatron_mcpo.models.vocab_parallel import vocab_parallel_logprobs_entropy
 
 
@@ -63,11 +78,17 @@ def masked_mean_pool(hidden: torch.Tensor, mask: torch.Tensor, group=None) -> to
 class PolicyModel:
     """This rank's model chunks plus the forward plumbing shared by log-prob passes and training."""
 
-    def __init__(self, chunks: list, hf_config: dict, groups: ParallelGroups):
+    def __init__(self, chunks: list, hf_config: dict, groups: ParallelGroups, sequence_packing: bool = False):
+        from megatron.core.transformer.dot_product_attention import DotProductAttention
+
         self.chunks = chunks
         self.hf_config = hf_config
         self.groups = groups
         self.valid_vocab = hf_config["vocab_size"]
+        self.sequence_packing = sequence_packing  # read per schedule run by training/train_step.py
+        # megatron's local attention rejects PackedSeqParams; the TE spec takes THD.
+        core_attention = unwrap(chunks[0]).decoder.layers[0].self_attention.core_attention
+        self.packed_thd = not isinstance(core_attention, DotProductAttention)
         self._hidden: dict[int, torch.Tensor] = {}
         for chunk in chunks:
             model = unwrap(chunk)
@@ -82,8 +103,23 @@ class PolicyModel:
     def config(self):
         return unwrap(self.chunks[0]).config
 
-    def forward(self, chunk, tokens: torch.Tensor) -> torch.Tensor:
-        """Run one chunk; on the last stage returns vocab-sharded logits [b, s, V/tp]."""
+    def pack_microbatches(self, microbatches: list[dict]) -> list[PackedLayout]:
+        """One packed layout per micro-batch. T is a multiple of 8 (FP8 GEMM shapes) times tp under
+        sequence parallel (the sequence is split over TP ranks). With pipeline stages every micro-batch
+        gets the longest T of the batch, so the p2p activation shape stays fixed: megatron's
+        variable_seq_lengths instead exchanges shapes before every message, always as batched p2p,
+        which provider.py turns off on gloo (the pipelines' messages must stay ordered)."""
+        multiple = 8 * (self.groups.tp_size if self.config.sequence_parallel else 1)
+        lengths = [sequence_lengths(mb["response_mask"]) for mb in microbatches]
+        common = max(packed_length(n, multiple) for n in lengths) if self.groups.pp_size > 1 else 0
+        return [pack(mb["tokens"], n, multiple, common) for mb, n in zip(microbatches, lengths)]
+
+    def forward(self, chunk, tokens: torch.Tensor, packed: Optional[PackedLayout] = None) -> torch.Tensor:
+        """Run one chunk; on the last stage returns vocab-sharded logits [b, s, V/tp] ([1, T, V/tp] packed)."""
+        if packed is not None:
+            if self.packed_thd:
+                return chunk(packed.tokens, packed.position_ids, None, packed_seq_params=thd_packed_seq_params(packed))
+            return chunk(packed.tokens, packed.position_ids, block_causal_mask(packed))
         b, s = tokens.shape
         position_ids = torch.arange(s, device=tokens.device).unsqueeze(0).expand(b, -1)
         return chunk(tokens, position_ids, None)
@@ -93,10 +129,15 @@ class PolicyModel:
         h = self._hidden.pop(id(unwrap(chunk).decoder))
         return h.transpose(0, 1)
 
-    def token_outputs(self, logits: torch.Tensor, hidden: torch.Tensor, tokens: torch.Tensor, response_mask: torch.Tensor) -> TokenOutputs:
-        """Per-token log-probs/entropy aligned with `tokens`, and the pooled response state."""
+    def token_outputs(
+        self, logits: torch.Tensor, hidden: torch.Tensor, tokens: torch.Tensor, response_mask: torch.Tensor,
+        packed: Optional[PackedLayout] = None,
+    ) -> TokenOutputs:
+        """Per-token log-probs/entropy aligned with `tokens` [b, s], and the pooled response state.
+        logits/hidden are [b, s, ·], or [1, T, ·] for the packed row of `packed`."""
         g = self.groups
-        labels = tokens[:, 1:]
+        row_tokens = tokens if packed is None else packed.tokens
+        labels = row_tokens[:, 1:]
         local_v = logits.shape[-1]
         logp, ent = vocab_parallel_logprobs_entropy(
             logits[:, :-1], labels, g.tp_rank * local_v, self.valid_vocab, g.tp if g.tp_size > 1 else None
@@ -108,6 +149,10 @@ class PolicyModel:
             from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
 
             hidden = gather_from_sequence_parallel_region(hidden.transpose(0, 1).contiguous()).transpose(0, 1)
+        if packed is not None:
+            logprobs = packed.unpack(logprobs, drop_first=True)
+            entropy = packed.unpack(entropy, drop_first=True)
+            hidden = packed.unpack(hidden)
         pool_group = None
         if g.cp_size > 1:
             from megatron.core import parallel_state as ps

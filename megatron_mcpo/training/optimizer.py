@@ -84,4 +84,4 @@ def setup_train_state(cfg: Config, hf_config: dict, groups: ParallelGroups) -> T
         c.config.grad_scale_func = optimizer.scale_loss
         if cfg.parallel.overlap_grad_reduce:
             c.config.no_sync_func = [x.no_sync for x in chunks] if len(chunks) > 1 else chunks[0].no_sync
-    return TrainState(policy=PolicyModel(chunks, hf_config, groups), optimizer=optimizer, scheduler=scheduler)
+    return TrainState(policy=PolicyModel(chunks, hf_config, groups, sequence_packing=cfg.model.sequence_packing), optimizer=optimizer, scheduler=scheduler)

@@ -29,20 +29,27 @@ def split_microbatches(batch: dict, micro_batch_size: int) -> list[dict]:
 
 
 def _run_schedule(policy: PolicyModel, microbatches: list[dict], loss_fn: LossFn, forward_only: bool, scale: float) -> list:
+    """Megatron's schedule over `microbatches`, each packed into one row when `policy.sequence_packing`
+    (loss functions see the padded [b, s] layout either way)."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    def loss_func(chunk, mb, logits):
-        out = policy.token_outputs(logits, policy.hidden_of(chunk), mb["tokens"], mb["response_mask"])
+    def loss_func(chunk, mb, packed, logits):
+        out = policy.token_outputs(logits, policy.hidden_of(chunk), mb["tokens"], mb["response_mask"], packed)
         loss, metrics = loss_fn(out, mb)
         return loss * scale, metrics
 
     def forward_step(data_iterator, chunk):
-        mb = next(data_iterator)
-        return policy.forward(chunk, mb["tokens"]), partial(loss_func, chunk, mb)
+        mb, packed = next(data_iterator)
+        return policy.forward(chunk, mb["tokens"], packed), partial(loss_func, chunk, mb, packed)
 
-    b, s = microbatches[0]["tokens"].shape
+    if policy.sequence_packing:
+        layouts = policy.pack_microbatches(microbatches)
+        b, s = 1, layouts[0].length  # the p2p shape: one length for all micro-batches when pp > 1
+    else:
+        layouts = [None] * len(microbatches)
+        b, s = microbatches[0]["tokens"].shape
     chunks = policy.chunks
-    data = [iter(microbatches) for _ in chunks]
+    data = [iter(list(zip(microbatches, layouts))) for _ in chunks]
     return get_forward_backward_func()(
         forward_step_func=forward_step,
         data_iterator=data if len(chunks) > 1 else data[0],
