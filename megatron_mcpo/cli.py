@@ -1,14 +1,18 @@
 """`mcpo train|validate|demo` — the command line (also `python -m megatron_mcpo`).
 
   mcpo train --config examples/configs/qwen3_8b_8xh200.yaml --set mcpo.cl_coef=0.2   (under torchrun)
+  mcpo eval --config C --set checkpoint.load_dir=D   held-out metrics of a checkpoint (eval.* settings)
   mcpo validate --config C [--world-size N]      check a config without touching a GPU
   mcpo demo                                      the embedded CPU default (tiny Qwen3, synthetic suite)
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+
+import torch.distributed as dist
 
 from megatron_mcpo.config import ConfigError, load_config, validate
 
@@ -18,7 +22,7 @@ DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mcpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
-    for name in ("train", "validate", "demo"):
+    for name in ("train", "eval", "validate", "demo"):
         p = sub.add_parser(name)
         p.add_argument("--config", default=DEMO_CONFIG if name == "demo" else None, help="YAML config file")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=C", help="override a field")
@@ -48,6 +52,11 @@ def main(argv=None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     try:
+        if args.command == "eval":
+            metrics = trainer.evaluate()
+            if dist.get_rank() == 0:
+                print(json.dumps({"step": trainer.rl_steps, **metrics}, indent=1, sort_keys=True))
+            return 0
         if args.command == "demo" and args.sft_steps > 0:
             from megatron_mcpo.demo import sft_warm_start
 
@@ -56,7 +65,6 @@ def main(argv=None) -> int:
         history = trainer.train()
     finally:
         trainer.close()
-    import torch.distributed as dist
 
     if history and (not dist.is_initialized() or dist.get_rank() == 0):
         last = history[-1]

@@ -158,6 +158,20 @@ class DataConfig:
 
 
 @dataclass
+class EvalConfig:
+    # Held-out prompts (verl-style JSONL like data.train_files); empty = the synthetic suite drawn with
+    # seed data.seed + 1 (the data.domains, eval.prompts_per_domain each).
+    files: list[str] = field(default_factory=list)
+    prompts_per_domain: int = 8  # synthetic suite only
+    every: int = 0  # RL steps between evaluations (and after the last step); 0 = never
+    before_train: bool = False
+    n: int = 1  # samples per prompt (pass@n is reported when n > 1)
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    max_response_length: Optional[int] = None  # default: rollout.max_response_length
+
+
+@dataclass
 class RewardsConfig:
     num_workers: int = 0  # 0 = one per CPU core
     code_cpu_time_s: float = 5.0
@@ -210,6 +224,7 @@ class Config:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     mcpo: MCPOConfig = field(default_factory=MCPOConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -442,6 +457,14 @@ def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Opti
     _require(0 < r.top_p <= 1, "rollout.top_p: must be in (0, 1]")
     _require(0 < r.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization: must be in (0, 1]")
     _require(r.tp == 1 or on_gpu, "rollout.tp: vLLM tensor parallel > 1 is GPU only")
+    e = cfg.eval
+    _require(e.every >= 0, f"eval.every: must be >= 0, got {e.every}")
+    _require(e.n >= 1, f"eval.n: must be >= 1, got {e.n}")
+    _require(e.temperature >= 0, f"eval.temperature: must be >= 0, got {e.temperature}")
+    _require(0 < e.top_p <= 1, "eval.top_p: must be in (0, 1]")
+    _require(e.prompts_per_domain >= 1, "eval.prompts_per_domain: must be >= 1")
+    _require(e.max_response_length is None or 1 <= e.max_response_length <= r.max_response_length,
+             "eval.max_response_length: must be in [1, rollout.max_response_length] (the engine's context is sized by it)")
     o = cfg.optimizer
     _require(o.lr >= 0 and o.min_lr >= 0, "optimizer.lr: must be >= 0")
     _require(o.clip_grad >= 0, "optimizer.clip_grad: must be >= 0")

@@ -52,7 +52,9 @@ class Trainer:
         self.engine_rank = g.tp_rank == 0 and g.pp_rank == 0
         self.engine = self._make_engine() if self.engine_rank else None
         self.scorer = self._make_scorer() if self.engine_rank else None
-        self.sampler = PromptSampler(self._load_records(), cfg.data.seed, cfg.data.shuffle)
+        d = cfg.data
+        self.sampler = PromptSampler(self._load_records(d.train_files, d.seed, 20), d.seed, d.shuffle)
+        self._eval_records = None  # loaded at the first evaluation
         self.gen_batches = 0
         self.rl_steps = 0
         self._maybe_resume()
@@ -173,6 +175,21 @@ class Trainer:
         metrics = {"rollout/logprob_abs_diff_mean": float(diff.mean()), "rollout/logprob_abs_diff_max": float(diff.max())}
         return {"old_logprobs": out.logprobs, "pooled_old": out.pooled}, metrics
 
+    def evaluate(self) -> dict:
+        """Held-out metrics of the current policy (evaluation.py); collective over all ranks."""
+        from megatron_mcpo.evaluation import evaluate
+        from megatron_mcpo.rollout.engine import SamplingSpec
+
+        cfg, g, e = self.cfg, self.groups, self.cfg.eval
+        if self._eval_records is None:
+            self._eval_records = self._load_records(e.files, cfg.data.seed + 1, e.prompts_per_domain)
+        sampling = SamplingSpec(n=e.n, temperature=e.temperature, top_p=e.top_p, stop=list(cfg.rollout.stop),
+                                max_tokens=e.max_response_length or cfg.rollout.max_response_length)
+        tic = time.perf_counter()
+        metrics = evaluate(self.engine, self.scorer, self._eval_records, sampling, g.dp, g.dp_rank, g.dp_size)
+        metrics["time/eval"] = time.perf_counter() - tic
+        return metrics
+
     def refit(self) -> dict:
         from megatron_mcpo.weights.refit import refit
 
@@ -218,14 +235,27 @@ class Trainer:
         limits = SandboxLimits(cpu_time_s=r.code_cpu_time_s, wall_time_s=r.code_wall_time_s, memory_mb=r.code_memory_mb)
         return RewardScorer(num_workers=r.num_workers, sandbox_limits=limits, math_timeout_s=r.math_timeout_s)
 
-    def _load_records(self) -> list[dict]:
+    def _load_records(self, files: list[str], synthetic_seed: int, synthetic_per_domain: int) -> list[dict]:
+        """JSONL records of `files` (else the synthetic suite) in data.domains whose prompt fits."""
         d = self.cfg.data
-        records = [rec for f in d.train_files for rec in load_jsonl(f)] if d.train_files else synthetic_suite(20, d.domains, d.seed)
+        records = [rec for f in files for rec in load_jsonl(f)] if files else synthetic_suite(synthetic_per_domain, d.domains, synthetic_seed)
         records = [rec for rec in records if record_domain(rec) in d.domains]
-        if self.engine is not None:  # prompts that cannot fit are dropped up front, never mid-run
+        if self.engine is not None:  # prompts that cannot fit are dropped up front (and said so), never mid-run
             limit = self.cfg.rollout.max_prompt_length
-            records = [rec for rec in records if len(self.engine.prompt_ids(rec["prompt"])) <= limit]
-        return self._share_with_model_parallel_group(records)
+            fits = [len(self.engine.prompt_ids(rec["prompt"])) <= limit for rec in records]
+            dropped: dict[str, int] = {}
+            for rec, ok in zip(records, fits):
+                if not ok:
+                    dropped[record_domain(rec)] = dropped.get(record_domain(rec), 0) + 1
+            records = [rec for rec, ok in zip(records, fits) if ok]
+            if dropped and self.groups.world_rank == 0:
+                print(f"data: dropped {sum(dropped.values())} of {len(fits)} prompts longer than "
+                      f"rollout.max_prompt_length={limit} tokens: {dropped}", flush=True)
+        records = self._share_with_model_parallel_group(records)
+        if not records:  # on every rank, after the broadcast, so none is left waiting
+            raise ValueError(f"data: no prompt of {files or 'the synthetic suite'} fits rollout.max_prompt_length="
+                             f"{self.cfg.rollout.max_prompt_length} in data.domains={d.domains}")
+        return records
 
     def _maybe_resume(self) -> None:
         c = self.cfg.checkpoint
@@ -263,20 +293,31 @@ class Trainer:
         if dist.get_rank() == 0:
             os.makedirs(cfg.logging.log_dir, exist_ok=True)
         history = []
+        if cfg.eval.before_train:
+            history.append({"step": self.rl_steps, **self.evaluate()})
+            self._log(log_path, history[-1])
         while self.rl_steps < cfg.run.total_steps:
             metrics = self.rl_step()
+            e = cfg.eval.every
+            if e and (self.rl_steps % e == 0 or self.rl_steps == cfg.run.total_steps):
+                metrics.update(self.evaluate())
             history.append(metrics)
-            if dist.get_rank() == 0:
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(metrics) + "\n")
-                keys = ("step", "reward/all/acc", "pg_loss", "mcpo/loss_cl", "grad_norm", "rollout/logprob_abs_diff_max",
-                        "time/rollout", "time/train")
-                print(" ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics), flush=True)
+            self._log(log_path, metrics)
             if cfg.checkpoint.save_dir and cfg.checkpoint.save_interval and self.rl_steps % cfg.checkpoint.save_interval == 0:
                 self.save()
         if cfg.checkpoint.save_dir:
             self.save()
         return history
+
+    @staticmethod
+    def _log(log_path: str, metrics: dict) -> None:
+        if dist.get_rank() != 0:
+            return
+        with open(log_path, "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        keys = ("step", "reward/all/acc", "eval/all/acc", "pg_loss", "mcpo/loss_cl", "grad_norm",
+                "rollout/logprob_abs_diff_max", "time/rollout", "time/train")
+        print(" ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics), flush=True)
 
     def close(self) -> None:
         if self.scorer is not None:

@@ -1,0 +1,58 @@
+"""Held-out evaluation: the rollout engine (current weights) answers the eval prompts, the training
+verifiers score the answers, and the results become per-domain metrics (verl's `val/` numbers).
+
+Every data-parallel replica's engine takes its share of the prompts (`records[dp_rank::dp_size]`); the
+results are gathered over the data-parallel group, so every rank returns the same metrics. Ranks without
+an engine (tp > 0 or pp > 0) contribute nothing and still join the gather.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch.distributed as dist
+
+from megatron_mcpo.rollout.engine import SamplingSpec
+
+
+def pass_at_n(results: Sequence[dict], n: int, prefix: str = "eval") -> dict:
+    """{prefix}/{domain|all}/pass@n: the fraction of prompts with at least one of their n samples correct.
+    `results` hold the n samples of each prompt consecutively, each with "domain" and "acc"."""
+    if len(results) % n:
+        raise ValueError(f"eval: {len(results)} results are not whole groups of n={n}")
+    hits: dict[str, list[bool]] = {}
+    for i in range(0, len(results), n):
+        group = results[i : i + n]
+        solved = any(r["acc"] for r in group)
+        for key in (group[0]["domain"], "all"):
+            hits.setdefault(key, []).append(solved)
+    return {f"{prefix}/{d}/pass@{n}": sum(h) / len(h) for d, h in hits.items()}
+
+
+def evaluate(engine, scorer, records: list[dict], sampling: SamplingSpec, dp_group, dp_rank: int, dp_size: int,
+             prefix: str = "eval") -> dict:
+    """Generate `sampling.n` answers per record on this replica's engine (None on ranks without one), score
+    them, gather over `dp_group`; returns {prefix}/{domain|all}/{count,score,acc,format_error_rate}, pass@n
+    when n > 1, and the mean response length / truncation rate."""
+    from megatron_mcpo.rewards import reward_metrics
+
+    local: list[dict] = []
+    mine = records[dp_rank::dp_size]
+    if engine is not None and mine:
+        groups = engine.generate([rec["prompt"] for rec in mine], sampling)
+        samples = [(rec, s) for rec, group in zip(mine, groups) for s in group]
+        items = [(rec["data_source"], s.text, rec["reward_model"]["ground_truth"], rec.get("extra_info")) for rec, s in samples]
+        for res, (_, s) in zip(scorer.score_batch(items), samples):
+            local.append({"domain": res["domain"], "score": float(res["score"]), "acc": float(res["acc"]),
+                          "format_error": float(res["format_error"]), "length": len(s.token_ids),
+                          "truncated": s.finish_reason == "length"})
+    gathered: list[Optional[list]] = [None] * dp_size
+    dist.all_gather_object(gathered, local, group=dp_group)
+    results = [r for part in gathered for r in part]
+    if not results:
+        return {}
+    metrics = reward_metrics(results, prefix=prefix)
+    if sampling.n > 1:
+        metrics.update(pass_at_n(results, sampling.n, prefix))
+    metrics[f"{prefix}/response_length_mean"] = sum(r["length"] for r in results) / len(results)
+    metrics[f"{prefix}/clip_ratio"] = sum(r["truncated"] for r in results) / len(results)
+    return metrics
