@@ -153,6 +153,9 @@ class DataConfig:
     # empty = the embedded synthetic multi-domain suite.
     train_files: list[str] = field(default_factory=list)
     domains: list[str] = field(default_factory=lambda: ["math", "code", "science", "tooluse", "safety"])
+    # One weight per entry of `domains`: each batch's prompts follow these shares (0 leaves a domain out of
+    # training). Empty: shares follow the data.
+    domain_weights: list[float] = field(default_factory=list)
     shuffle: bool = True
     seed: int = 1234
 
@@ -473,4 +476,9 @@ def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Opti
 
     for name in cfg.data.domains:
         _require(name in DOMAINS, f"data.domains: unknown domain '{name}'{_suggest(name, list(DOMAINS))}")
+    w = cfg.data.domain_weights
+    if w:
+        _require(len(w) == len(cfg.data.domains),
+                 f"data.domain_weights: {len(w)} weights for {len(cfg.data.domains)} data.domains {cfg.data.domains}")
+        _require(min(w) >= 0 and sum(w) > 0, f"data.domain_weights: must be >= 0 with a positive sum, got {w}")
     return cfg
