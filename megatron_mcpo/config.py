@@ -434,7 +434,7 @@ def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Opti
         f"algorithm.mini_batch_prompts: {a.mini_batch_prompts} does not divide train_batch_prompts={a.train_batch_prompts}",
     )
     _require(a.ppo_epochs >= 1, "algorithm.ppo_epochs: must be >= 1")
-    _require(a.kl_coef == 0, "algorithm.kl_coef: the trainer computes no reference-policy log-probs yet (the paper uses 0)")
+    _require(a.kl_coef >= 0, f"algorithm.kl_coef: must be >= 0, got {a.kl_coef}")
     _require(a.overlong_buffer_len >= 1, "algorithm.overlong_buffer_len: must be >= 1")
     _require(
         not a.resolved().overlong_buffer_enable or a.overlong_buffer_len <= cfg.rollout.max_response_length,

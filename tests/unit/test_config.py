@@ -49,7 +49,7 @@ def test_overrides_apply_over_yaml(tmp_path):
         (["mcpo.temperature=0"], "mcpo.temperature"),
         (["algorithm.mini_batch_prompts=3"], "algorithm.mini_batch_prompts"),
         (["data.domains=[math, sciense]"], "data.domains"),
-        (["algorithm.kl_coef=0.01"], "algorithm.kl_coef"),
+        (["algorithm.kl_coef=-0.01"], "algorithm.kl_coef"),
         (["algorithm.name=dapo", "rollout.max_response_length=64"], "algorithm.overlong_buffer_len"),
     ],
 )
