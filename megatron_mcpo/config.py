@@ -364,7 +364,7 @@ def read_hf_config(hf_path: str) -> dict:
         if family not in TINY_MODELS:
             raise ConfigError(f"model.hf_path: unknown tiny model '{family}'{_suggest(family, list(TINY_MODELS))}")
         return tiny_hf_config(family)
-    from megatron_mcpo.weights.hf_io import read_hf_config as read_dir
+    from megatron_mcpo.weights.hf_files import read_hf_config as read_dir
 
     try:
         return read_dir(hf_path)

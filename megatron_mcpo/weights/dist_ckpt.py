@@ -22,7 +22,8 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from megatron_mcpo.weights.hf_io import HFCheckpointReader, copy_tokenizer_files, read_hf_config
+from megatron_mcpo.weights.hf_files import copy_tokenizer_files, read_hf_config
+from megatron_mcpo.weights.hf_io import HFCheckpointReader
 from megatron_mcpo.weights.hf_mapping import LAYER_PREFIX, TE_NORM_ALIASES, FamilyMapping, family_mapping
 
 HF_META_DIR = "hf"

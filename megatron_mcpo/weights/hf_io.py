@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from typing import Iterable, Optional
 
 import torch
@@ -14,32 +13,6 @@ from megatron_mcpo.weights.hf_mapping import WeightMappingError
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
-# Files that carry the tokenizer/chat template and generation defaults, copied along with the weights.
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",
-    "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json", "generation_config.json",
-)
-
-
-def read_hf_config(hf_dir: str) -> dict:
-    path = os.path.join(hf_dir, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"'{hf_dir}' has no config.json (not an HF checkpoint directory)")
-    with open(path) as f:
-        return json.load(f)
-
-
-def copy_tokenizer_files(src: str, dst: str) -> list[str]:
-    """Copy the tokenizer/generation files present in `src` to `dst`; returns the names copied."""
-    os.makedirs(dst, exist_ok=True)
-    copied = []
-    for name in TOKENIZER_FILES:
-        if os.path.isfile(os.path.join(src, name)):
-            shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
-            copied.append(name)
-    return copied
-
-
 class HFCheckpointReader:
     """Lazy reader of an HF safetensors checkpoint: only requested slices are read (`get_slice`)."""
 
