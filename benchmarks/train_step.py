@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import sys
 import time
@@ -82,9 +81,9 @@ def _worker(rank, world, port, tp, pp, seqs, seq_len, mbs, steps, spread, modes,
 
 def _spawn(tp: int, pp: int, world: int, seqs: int, seq_len: int, mbs: int, steps: int, spread: bool, modes) -> dict:
     """{packing flag: step times} from rank 0 of a fresh process group."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from megatron_mcpo.distributed import free_port
+
+    port = free_port()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     args = (tp, pp, seqs, seq_len, mbs, steps, spread, modes, queue)

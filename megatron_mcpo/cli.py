@@ -12,8 +12,6 @@ import json
 import os
 import sys
 
-import torch.distributed as dist
-
 from megatron_mcpo.config import ConfigError, load_config, validate
 
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "configs", "tiny_cpu.yaml")
@@ -44,6 +42,8 @@ def main(argv=None) -> int:
     except (ConfigError, FileNotFoundError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    import torch.distributed as dist
+
     from megatron_mcpo.trainer import Trainer
 
     try:

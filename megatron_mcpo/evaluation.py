@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 import torch.distributed as dist
 
+from megatron_mcpo.data.dataset import score_item
 from megatron_mcpo.rollout.engine import SamplingSpec
 
 
@@ -40,8 +41,7 @@ def evaluate(engine, scorer, records: list[dict], sampling: SamplingSpec, dp_gro
     if engine is not None and mine:
         groups = engine.generate([rec["prompt"] for rec in mine], sampling)
         samples = [(rec, s) for rec, group in zip(mine, groups) for s in group]
-        items = [(rec["data_source"], s.text, rec["reward_model"]["ground_truth"], rec.get("extra_info")) for rec, s in samples]
-        for res, (_, s) in zip(scorer.score_batch(items), samples):
+        for res, (_, s) in zip(scorer.score_batch([score_item(rec, s.text) for rec, s in samples]), samples):
             local.append({"domain": res["domain"], "score": float(res["score"]), "acc": float(res["acc"]),
                           "format_error": float(res["format_error"]), "length": len(s.token_ids),
                           "truncated": s.finish_reason == "length"})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 
 import torch
 import torch.distributed as dist
@@ -17,7 +18,7 @@ import torch.distributed as dist
 from megatron_mcpo.algorithms.dapo import dynamic_sampling_filter
 from megatron_mcpo.config import Config, read_hf_config, validate
 from megatron_mcpo.data.batch import Rollout, build_train_batch
-from megatron_mcpo.data.dataset import PromptSampler, load_jsonl, record_domain
+from megatron_mcpo.data.dataset import PromptSampler, load_jsonl, record_domain, score_item
 from megatron_mcpo.data.synthetic import synthetic_suite
 from megatron_mcpo.distributed import broadcast_object, init_distributed
 from megatron_mcpo.models.projection import ProjectionHead, ProjectionTrainer
@@ -153,7 +154,7 @@ class Trainer:
             domain = record_domain(rec)
             for s in group:
                 rollouts.append(Rollout(uid_base + index, domain, s.prompt_ids, s.token_ids, s.logprobs, s.finish_reason))
-                items.append((rec["data_source"], s.text, rec["reward_model"]["ground_truth"], rec.get("extra_info")))
+                items.append(score_item(rec, s.text))
         results = self.scorer.score_batch(items)
         for r, res in zip(rollouts, results):
             r.score, r.acc = float(res["score"]), float(bool(res["acc"]))
@@ -255,14 +256,11 @@ class Trainer:
         if self.engine is not None:  # prompts that cannot fit are dropped up front (and said so), never mid-run
             limit = self.cfg.rollout.max_prompt_length
             fits = [len(self.engine.prompt_ids(rec["prompt"])) <= limit for rec in records]
-            dropped: dict[str, int] = {}
-            for rec, ok in zip(records, fits):
-                if not ok:
-                    dropped[record_domain(rec)] = dropped.get(record_domain(rec), 0) + 1
+            dropped = Counter(record_domain(rec) for rec, ok in zip(records, fits) if not ok)
             records = [rec for rec, ok in zip(records, fits) if ok]
             if dropped and self.groups.world_rank == 0:
-                print(f"data: dropped {sum(dropped.values())} of {len(fits)} prompts longer than "
-                      f"rollout.max_prompt_length={limit} tokens: {dropped}", flush=True)
+                print(f"data: dropped {dropped.total()} of {len(fits)} prompts longer than "
+                      f"rollout.max_prompt_length={limit} tokens: {dict(dropped)}", flush=True)
         records = self._share_with_model_parallel_group(records)
         if not records:  # on every rank, after the broadcast, so none is left waiting
             raise ValueError(f"data: no prompt of {files or 'the synthetic suite'} fits rollout.max_prompt_length="

@@ -39,6 +39,12 @@ def record_domain(rec: dict) -> str:
     return dom
 
 
+def score_item(rec: dict, text: str) -> tuple:
+    """The (data_source, solution_str, ground_truth, extra_info) the reward scorer takes for `text`, an
+    answer to the prompt of `rec`."""
+    return rec["data_source"], text, rec["reward_model"]["ground_truth"], rec.get("extra_info")
+
+
 class _Stream:
     """Epoch-shuffled indices into one list of records; (epoch, pos) is its whole state."""
 
