@@ -162,8 +162,8 @@ class DataConfig:
 
 @dataclass
 class EvalConfig:
-    # Held-out prompts (verl-style JSONL like data.train_files); empty = the synthetic suite drawn with
-    # seed data.seed + 1 (the data.domains, eval.prompts_per_domain each).
+    # Held-out prompts (verl-style JSONL like data.train_files); empty = the synthetic suite's held-out
+    # split (disjoint from its train split by construction), seed data.seed + 1, eval.prompts_per_domain each.
     files: list[str] = field(default_factory=list)
     prompts_per_domain: int = 8  # synthetic suite only
     every: int = 0  # RL steps between evaluations (and after the last step); 0 = never

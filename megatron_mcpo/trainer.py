@@ -60,7 +60,7 @@ class Trainer:
         self.scorer = self._make_scorer() if self.engine_rank else None
         d = cfg.data
         weights = dict(zip(d.domains, d.domain_weights)) if d.domain_weights else None
-        self.sampler = PromptSampler(self._load_records(d.train_files, d.seed, 20), d.seed, d.shuffle, weights)
+        self.sampler = PromptSampler(self._load_records(d.train_files, d.seed, 20, "train"), d.seed, d.shuffle, weights)
         self._eval_records = None  # loaded at the first evaluation
         self.gen_batches = 0
         self.rl_steps = 0
@@ -194,7 +194,7 @@ class Trainer:
 
         cfg, g, e = self.cfg, self.groups, self.cfg.eval
         if self._eval_records is None:
-            self._eval_records = self._load_records(e.files, cfg.data.seed + 1, e.prompts_per_domain)
+            self._eval_records = self._load_records(e.files, cfg.data.seed + 1, e.prompts_per_domain, "heldout")
         sampling = SamplingSpec(n=e.n, temperature=e.temperature, top_p=e.top_p, stop=list(cfg.rollout.stop),
                                 max_tokens=e.max_response_length or cfg.rollout.max_response_length)
         tic = time.perf_counter()
@@ -248,10 +248,10 @@ class Trainer:
         limits = SandboxLimits(cpu_time_s=r.code_cpu_time_s, wall_time_s=r.code_wall_time_s, memory_mb=r.code_memory_mb)
         return RewardScorer(num_workers=r.num_workers, sandbox_limits=limits, math_timeout_s=r.math_timeout_s)
 
-    def _load_records(self, files: list[str], synthetic_seed: int, synthetic_per_domain: int) -> list[dict]:
-        """JSONL records of `files` (else the synthetic suite) in data.domains whose prompt fits."""
+    def _load_records(self, files: list[str], synthetic_seed: int, synthetic_per_domain: int, split: str) -> list[dict]:
+        """JSONL records of `files` (else the synthetic suite's `split`) in data.domains whose prompt fits."""
         d = self.cfg.data
-        records = [rec for f in files for rec in load_jsonl(f)] if files else synthetic_suite(synthetic_per_domain, d.domains, synthetic_seed)
+        records = [rec for f in files for rec in load_jsonl(f)] if files else synthetic_suite(synthetic_per_domain, d.domains, synthetic_seed, split)
         records = [rec for rec in records if record_domain(rec) in d.domains]
         if self.engine is not None:  # prompts that cannot fit are dropped up front (and said so), never mid-run
             limit = self.cfg.rollout.max_prompt_length

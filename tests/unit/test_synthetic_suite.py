@@ -1,0 +1,99 @@
+"""The embedded procedural suite: disjoint splits by construction, thousands of distinct items per
+domain, every reference answer verified by the real reward functions, prompts that fit the demo."""
+import pytest
+
+from megatron_mcpo.data.dataset import score_item
+from megatron_mcpo.data.synthetic import FAMILIES, split_of, synthetic_suite
+
+DOMAINS = ("math", "code", "science", "tooluse", "safety")
+
+
+def _texts(records, domain):
+    return {r["prompt"][-1]["content"] for r in records if r["data_source"] == domain}
+
+
+def test_no_heldout_prompt_occurs_in_the_train_split():
+    train = synthetic_suite(1500, seed=0) + synthetic_suite(1500, seed=7)
+    heldout = synthetic_suite(400, seed=0, split="heldout") + synthetic_suite(400, seed=3, split="heldout")
+    for d in DOMAINS:
+        tr, ho = _texts(train, d), _texts(heldout, d)
+        assert len(ho) >= 100 and not tr & ho, d
+    assert all(r["extra_info"]["split"] == "heldout" for r in heldout)
+
+
+def test_split_is_a_fixed_partition_of_each_family_parameter_space():
+    # the same parameters always land in the same split; about one in five is held out
+    params = [(a, b) for a in range(10, 60) for b in range(10, 60)]
+    first = [split_of("math/add", p) for p in params]
+    assert first == [split_of("math/add", p) for p in params]
+    assert 0.15 < first.count("heldout") / len(first) < 0.25
+
+
+def test_each_domain_has_thousands_of_distinct_train_items_and_several_families():
+    records = synthetic_suite(4000, seed=1)
+    for d in DOMAINS:
+        assert len(_texts(records, d)) >= 1000, d
+        assert len({r["extra_info"]["family"] for r in records if r["data_source"] == d}) == len(FAMILIES[d]) >= 4
+
+
+def test_deterministic_in_seed_and_records_in_verl_format():
+    a, b, c = synthetic_suite(20, seed=5), synthetic_suite(20, seed=5), synthetic_suite(20, seed=6)
+    assert a == b and a != c
+    assert [r["data_source"] for r in a[:5]] == list(DOMAINS)
+    for r in a:
+        assert r["prompt"][-1]["role"] == "user" and "ground_truth" in r["reward_model"]
+        assert r["extra_info"]["domain"] == r["data_source"] and r["extra_info"]["reference"]
+    with pytest.raises(ValueError, match="unknown split 'test'"):
+        synthetic_suite(1, split="test")
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    from megatron_mcpo.rewards import RewardScorer
+
+    with RewardScorer(num_workers=1) as s:
+        yield s
+
+
+def test_reference_answers_pass_the_real_verifiers_and_other_answers_fail(scorer):
+    # every family of both splits: the reference scores 1, the next item's reference (another answer) scores 0
+    records = [r for split in ("train", "heldout") for r in synthetic_suite(16, seed=11, split=split)]
+    by_family = {}
+    for r in records:
+        by_family.setdefault((r["data_source"], r["extra_info"]["family"]), []).append(r)
+    pairs = [(rs[0], rs[0]["extra_info"]["reference"]) for rs in by_family.values()]
+    wrong = []
+    for rs in by_family.values():
+        other = next((o for o in rs[1:] if o["reward_model"]["ground_truth"] != rs[0]["reward_model"]["ground_truth"]), None)
+        if other is not None:
+            wrong.append((rs[0], other["extra_info"]["reference"]))
+    assert len(pairs) == sum(len(f) for f in FAMILIES.values()) and len(wrong) >= len(pairs) - 2
+    right = scorer.score_batch([score_item(r, text) for r, text in pairs])
+    assert [res["acc"] for res in right] == [True] * len(pairs), [k for k, res in zip(by_family, right) if not res["acc"]]
+    bad = scorer.score_batch([score_item(r, text) for r, text in wrong])
+    assert not any(res["acc"] for res in bad)
+
+
+def test_every_prompt_fits_the_demo_prompt_length():
+    # the longest domain (safety, ~270 tokens of which are its system prompt) exhaustively, the rest sampled
+    import itertools
+
+    from transformers import AutoTokenizer
+
+    from megatron_mcpo.config import load_config
+    from megatron_mcpo.data.prompts import chat
+    from megatron_mcpo.data.synthetic import OPENERS, SAFETY_TEMPLATES
+    from megatron_mcpo.models.tiny import tiny_checkpoint_dir
+
+    limit = load_config("examples/configs/tiny_cpu.yaml").rollout.max_prompt_length
+    tok = AutoTokenizer.from_pretrained(tiny_checkpoint_dir("qwen3"))
+
+    def length(messages):
+        return len(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"])
+
+    records = synthetic_suite(100, seed=2) + synthetic_suite(100, seed=2, split="heldout")
+    assert max(length(r["prompt"]) for r in records) <= limit
+    for name, (_, _, _, first, second) in SAFETY_TEMPLATES.items():
+        build = FAMILIES["safety"][name][1]
+        worst = max(length(chat("safety", build(p)["q"])) for p in itertools.product(first, second, OPENERS, (0, 1)))
+        assert worst <= limit, name
