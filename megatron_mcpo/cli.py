@@ -69,4 +69,8 @@ def main(argv=None) -> int:
     if history and (not dist.is_initialized() or dist.get_rank() == 0):
         last = history[-1]
         print("final:", {k: round(v, 4) for k, v in last.items() if isinstance(v, float) and "/" not in k})
+        if args.command == "demo":
+            from megatron_mcpo.demo import held_out_table
+
+            print(held_out_table(history), flush=True)
     return 0

@@ -158,6 +158,8 @@ class DataConfig:
     domain_weights: list[float] = field(default_factory=list)
     shuffle: bool = True
     seed: int = 1234
+    # Train prompts per domain drawn from the embedded suite's train split when train_files is empty.
+    synthetic_per_domain: int = 20
 
 
 @dataclass
@@ -466,6 +468,7 @@ def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Opti
     _require(e.temperature >= 0, f"eval.temperature: must be >= 0, got {e.temperature}")
     _require(0 < e.top_p <= 1, "eval.top_p: must be in (0, 1]")
     _require(e.prompts_per_domain >= 1, "eval.prompts_per_domain: must be >= 1")
+    _require(cfg.data.synthetic_per_domain >= 1, "data.synthetic_per_domain: must be >= 1")
     _require(e.max_response_length is None or 1 <= e.max_response_length <= r.max_response_length,
              "eval.max_response_length: must be in [1, rollout.max_response_length] (the engine's context is sized by it)")
     o = cfg.optimizer

@@ -59,3 +59,26 @@ def sft_warm_start(trainer, steps: int, batch_size: int = 20, seed: int = 0) -> 
     trainer.state.step = step_before
     trainer.refit()
     return losses
+
+
+def held_out_change(history: list[dict]) -> dict[str, tuple[float, float]]:
+    """{domain|all: (held-out accuracy at the first evaluation, at the last)} from a run's metric history."""
+    evals = [m for m in history if "eval/all/acc" in m]
+    if not evals:
+        return {}
+    first, last = evals[0], evals[-1]
+    domains = sorted({k.split("/")[1] for k in first if k.startswith("eval/") and k.endswith("/acc")} - {"all"})
+    return {d: (first[f"eval/{d}/acc"], last[f"eval/{d}/acc"]) for d in [*domains, "all"] if f"eval/{d}/acc" in last}
+
+
+def held_out_table(history: list[dict]) -> str:
+    """The per-domain held-out accuracy before → after RL as a markdown table ('' without evaluations)."""
+    change = held_out_change(history)
+    if not change:
+        return ""
+    evals = [m for m in history if "eval/all/acc" in m]
+    counts = {d: int(evals[-1].get(f"eval/{d}/count", 0)) for d in change}
+    rows = [f"| held-out acc (step {int(evals[0]['step'])} → {int(evals[-1]['step'])}) | before | after | change | n |",
+            "|---|---|---|---|---|"]
+    rows += [f"| {d} | {a:.3f} | {b:.3f} | {b - a:+.3f} | {counts[d]} |" for d, (a, b) in change.items()]
+    return "\n".join(rows)

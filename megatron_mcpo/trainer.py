@@ -60,7 +60,7 @@ class Trainer:
         self.scorer = self._make_scorer() if self.engine_rank else None
         d = cfg.data
         weights = dict(zip(d.domains, d.domain_weights)) if d.domain_weights else None
-        self.sampler = PromptSampler(self._load_records(d.train_files, d.seed, 20, "train"), d.seed, d.shuffle, weights)
+        self.sampler = PromptSampler(self._load_records(d.train_files, d.seed, d.synthetic_per_domain, "train"), d.seed, d.shuffle, weights)
         self._eval_records = None  # loaded at the first evaluation
         self.gen_batches = 0
         self.rl_steps = 0

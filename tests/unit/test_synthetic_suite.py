@@ -97,3 +97,20 @@ def test_every_prompt_fits_the_demo_prompt_length():
         build = FAMILIES["safety"][name][1]
         worst = max(length(chat("safety", build(p)["q"])) for p in itertools.product(first, second, OPENERS, (0, 1)))
         assert worst <= limit, name
+
+
+def test_demo_table_compares_the_first_and_last_held_out_evaluation():
+    from megatron_mcpo.demo import held_out_change, held_out_table
+
+    history = [
+        {"step": 0, "eval/all/acc": 0.4, "eval/math/acc": 0.5, "eval/code/acc": 0.3, "eval/all/count": 20,
+         "eval/math/count": 10, "eval/code/count": 10},
+        {"step": 1, "pg_loss": 0.1},
+        {"step": 2, "eval/all/acc": 0.55, "eval/math/acc": 0.7, "eval/code/acc": 0.4, "eval/all/count": 20,
+         "eval/math/count": 10, "eval/code/count": 10},
+    ]
+    assert held_out_change(history) == {"code": (0.3, 0.4), "math": (0.5, 0.7), "all": (0.4, 0.55)}
+    table = held_out_table(history).splitlines()
+    assert table[0].startswith("| held-out acc (step 0 → 2)") and table[2] == "| code | 0.300 | 0.400 | +0.100 | 10 |"
+    assert table[-1] == "| all | 0.400 | 0.550 | +0.150 | 20 |"
+    assert held_out_table(history[1:2]) == ""
