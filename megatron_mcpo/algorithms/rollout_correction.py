@@ -72,8 +72,9 @@ def rollout_correction(
         if not v > 0:
             raise ValueError(f"{name} must be > 0, got {v}")
 
-    m = response_mask.to(old_logprobs.dtype)
-    log_r = ((old_logprobs - rollout_logprobs) * m).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).detach()
+    # float64 inside: the metrics resolve mismatches of 1e-7 (k3 ≈ log²r/2 underflows in fp32)
+    m = response_mask.to(torch.float64)
+    log_r = ((old_logprobs.double() - rollout_logprobs.double()) * m).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).detach()
     r = log_r.exp()
     w = m.clone()
     if tis_cap is not None:
@@ -104,7 +105,7 @@ def rollout_correction(
         "rollout_corr/token_masked_frac": token_sum((~keep).to(m.dtype)),
         "rollout_corr/seq_masked_frac": ((~seq_keep) & has_tokens).sum().to(m.dtype) / global_num_seqs,
     }
-    return w, {k: v.detach() for k, v in metrics.items()}
+    return w.to(old_logprobs.dtype), {k: v.detach() for k, v in metrics.items()}
 
 
 def correction_kwargs(cfg: "RolloutCorrectionConfig") -> dict:
