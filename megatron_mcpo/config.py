@@ -77,6 +77,18 @@ class RolloutConfig:
 
 
 @dataclass
+class RolloutCorrectionConfig:
+    """Rollout-training mismatch correction (algorithms/rollout_correction.py). r_t = π_train/π_rollout per
+    response token: Megatron's log-prob at θ_old over the engine's sampling log-prob. Each knob is off when
+    None; they combine (the weights multiply)."""
+
+    tis_cap: Optional[float] = None  # TIS: weight min(r_t, C) on each token's policy-gradient term
+    seq_mask_c: Optional[float] = None  # masked IS: drop a sequence whose geometric-mean r is outside [1/c, c]
+    token_mask_low: Optional[float] = None  # ICEPOP: drop tokens with r_t < low ...
+    token_mask_high: Optional[float] = None  # ... or r_t > high (set both)
+
+
+@dataclass
 class AlgorithmConfig:
     # grpo | dapo (full DAPO) | mcpo_grpo | mcpo_dapo. The paper's own "DAPO" baseline (A.1.1: GRPO plus the
     # overlong reward manager only) is `grpo` with overlong_buffer_enable=true.
@@ -89,20 +101,34 @@ class AlgorithmConfig:
     clip_ratio_high: Optional[float] = None
     clip_ratio_c: float = 3.0  # dual clip for negative advantages
     ratio_log_clamp: float = 20.0
-    loss_agg_mode: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    loss_agg_mode: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = "token-mean"
     loss_agg_norm_length: Optional[int] = None  # L_const of seq-mean-token-sum-norm (default: max response length)
     entropy_coef: float = 0.001
     kl_coef: float = 0.0
     kl_estimator: Literal["k1", "k3"] = "k3"
     dynamic_sampling: Optional[bool] = None
+    # What the filter looks at: "acc" the verifier's 0/1 accuracy, "reward" the sequence reward the advantages
+    # use (the verifier score plus the overlong penalty when overlong shaping is on).
     dynamic_sampling_metric: Literal["acc", "reward"] = "acc"
-    max_num_gen_batches: int = 10
+    max_num_gen_batches: int = 10  # generation rounds per RL step at most (dynamic sampling)
+    # When max_num_gen_batches rounds still kept fewer than train_batch_prompts groups: "error" stops the run
+    # (verl's DAPO recipe); "continue" trains on the whole mini-batches kept, with a warning and the metric
+    # rollout/dynamic_sampling_exhausted = 1.
+    dynamic_sampling_on_exhausted: Literal["error", "continue"] = "error"
+    # Prompts generated per round under dynamic sampling (verl's data.gen_batch_size); default train_batch_prompts.
+    gen_batch_prompts: Optional[int] = None
     overlong_buffer_enable: Optional[bool] = None
     overlong_buffer_len: int = 128
     overlong_penalty_factor: float = 1.0
     train_batch_prompts: int = 8  # prompts per RL step
     mini_batch_prompts: int = 4  # prompts per optimizer step (the MCPO pool is mini_batch_prompts * n)
     ppo_epochs: int = 1
+    rollout_correction: RolloutCorrectionConfig = field(default_factory=RolloutCorrectionConfig)
+
+    @property
+    def optimizer_steps_per_rl_step(self) -> int:
+        """PPO mini-batches per RL step, every epoch counted: the unit of the LR schedule and the MCPO warmup."""
+        return self.train_batch_prompts // self.mini_batch_prompts * self.ppo_epochs
 
     @property
     def is_mcpo(self) -> bool:
@@ -195,9 +221,14 @@ class OptimizerConfig:
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
     clip_grad: float = 1.0
-    lr_warmup_steps: int = 0
+    # Schedule lengths count optimizer steps (one per PPO mini-batch and epoch, the scheduler's own unit and
+    # mcpo.warmup_batches'); an RL step is algorithm.optimizer_steps_per_rl_step of them. verl counts its warmup
+    # in RL steps: multiply by that number to port a verl setting.
+    lr_warmup_steps: int = 0  # optimizer steps of linear warmup from 0 to lr
     lr_decay_style: Literal["constant", "cosine", "linear"] = "constant"
-    lr_decay_steps: Optional[int] = None  # default: run.total_steps
+    # Optimizer steps until min_lr (warmup included); default: the whole run,
+    # run.total_steps * algorithm.optimizer_steps_per_rl_step.
+    lr_decay_steps: Optional[int] = None
 
 
 @dataclass
@@ -412,7 +443,8 @@ def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Opti
     _require(p.vpp is None or p.pp > 1, "parallel.vpp: virtual pipeline stages need parallel.pp > 1")
     _require(not p.sequence_parallel or on_gpu, "parallel.sequence_parallel: needs Transformer Engine norms (GPU only)")
     _require(not p.sequence_parallel or p.tp > 1, "parallel.sequence_parallel: needs parallel.tp > 1")
-    _require(p.cp == 1 or on_gpu, "parallel.cp: context parallel is GPU only")
+    # Nothing slices the sequence per CP rank yet: every CP rank would compute the whole loss (gradient cp× too large).
+    _require(p.cp == 1, "parallel.cp: context parallel > 1 is not supported yet (the loss is not sharded over the sequence)")
     if world_size is not None:
         mp = p.tp * p.pp * p.cp
         _require(world_size % mp == 0, f"parallel: tp*pp*cp={mp} does not divide the world size {world_size}")
@@ -438,6 +470,19 @@ def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Opti
     _require(a.ppo_epochs >= 1, "algorithm.ppo_epochs: must be >= 1")
     _require(a.kl_coef >= 0, f"algorithm.kl_coef: must be >= 0, got {a.kl_coef}")
     _require(a.overlong_buffer_len >= 1, "algorithm.overlong_buffer_len: must be >= 1")
+    _require(a.max_num_gen_batches >= 1, f"algorithm.max_num_gen_batches: must be >= 1, got {a.max_num_gen_batches}")
+    if a.gen_batch_prompts is not None:
+        _require(a.resolved().dynamic_sampling,
+                 "algorithm.gen_batch_prompts: only used with dynamic sampling (otherwise every round is train_batch_prompts)")
+        _require(a.gen_batch_prompts >= 1, f"algorithm.gen_batch_prompts: must be >= 1, got {a.gen_batch_prompts}")
+    rc = a.rollout_correction
+    for name in ("tis_cap", "seq_mask_c"):
+        v = getattr(rc, name)
+        _require(v is None or v >= 1, f"algorithm.rollout_correction.{name}: must be >= 1, got {v}")
+    _require((rc.token_mask_low is None) == (rc.token_mask_high is None),
+             "algorithm.rollout_correction.token_mask_low: set token_mask_low and token_mask_high together")
+    _require(rc.token_mask_low is None or 0 <= rc.token_mask_low < 1 < rc.token_mask_high,
+             "algorithm.rollout_correction.token_mask_low: need 0 <= token_mask_low < 1 < token_mask_high")
     _require(
         not a.resolved().overlong_buffer_enable or a.overlong_buffer_len <= cfg.rollout.max_response_length,
         f"algorithm.overlong_buffer_len: {a.overlong_buffer_len} exceeds rollout.max_response_length",
@@ -449,6 +494,8 @@ def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Opti
             seqs % (dp * p.micro_batch_size) == 0,
             f"parallel.micro_batch_size: mini-batch of {seqs} sequences is not divisible by dp({dp}) * micro_batch_size({p.micro_batch_size})",
         )
+        _require(a.gen_batch_prompts is None or a.gen_batch_prompts % dp == 0,
+                 f"algorithm.gen_batch_prompts: {a.gen_batch_prompts} is not divisible by the data-parallel size {dp}")
 
     mc = cfg.mcpo
     for name in ("cl_coef", "cross_coef", "in_coef", "warmup_batches", "proj_lr", "proj_weight_decay", "proj_grad_clip"):
@@ -458,7 +505,8 @@ def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Opti
 
     r = cfg.rollout
     _require(r.n >= 1, "rollout.n: must be >= 1")
-    _require(r.temperature >= 0, "rollout.temperature: must be >= 0")
+    # Training log-probs are those of the sampling distribution softmax(logits / T).
+    _require(r.temperature > 0, "rollout.temperature: must be > 0 (training log-probs use softmax(logits / T))")
     _require(0 < r.top_p <= 1, "rollout.top_p: must be in (0, 1]")
     _require(0 < r.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization: must be in (0, 1]")
     _require(r.tp == 1 or on_gpu, "rollout.tp: vLLM tensor parallel > 1 is GPU only")
@@ -474,6 +522,9 @@ def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Opti
     o = cfg.optimizer
     _require(o.lr >= 0 and o.min_lr >= 0, "optimizer.lr: must be >= 0")
     _require(o.clip_grad >= 0, "optimizer.clip_grad: must be >= 0")
+    _require(o.lr_warmup_steps >= 0, "optimizer.lr_warmup_steps: must be >= 0 (optimizer steps)")
+    _require(o.lr_decay_steps is None or o.lr_decay_steps > o.lr_warmup_steps,
+             f"optimizer.lr_decay_steps: must exceed lr_warmup_steps={o.lr_warmup_steps} (both in optimizer steps)")
     _require(cfg.run.total_steps >= 0, "run.total_steps: must be >= 0")
     from megatron_mcpo.domains import DOMAINS
 

@@ -15,7 +15,8 @@ from collections import Counter
 import torch
 import torch.distributed as dist
 
-from megatron_mcpo.algorithms.dapo import dynamic_sampling_filter
+from megatron_mcpo.algorithms.dapo import overlong_penalty
+from megatron_mcpo.algorithms.rollout_correction import correction_kwargs, reduce_correction_metrics, rollout_correction
 from megatron_mcpo.config import Config, read_hf_config, validate
 from megatron_mcpo.data.batch import Rollout, build_train_batch
 from megatron_mcpo.data.dataset import PromptSampler, load_jsonl, record_domain, score_item
@@ -23,7 +24,8 @@ from megatron_mcpo.data.synthetic import synthetic_suite
 from megatron_mcpo.distributed import broadcast_object, init_distributed
 from megatron_mcpo.models.projection import ProjectionHead, ProjectionTrainer
 from megatron_mcpo.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from megatron_mcpo.training.minibatch import train_minibatch
+from megatron_mcpo.training.dynamic_sampling import dynamic_sampling_rounds
+from megatron_mcpo.training.minibatch import global_counts, train_minibatch
 from megatron_mcpo.training.optimizer import setup_train_state
 from megatron_mcpo.training.train_step import concat_outputs, forward_outputs, split_microbatches
 
@@ -104,45 +106,60 @@ class Trainer:
 
     # ------------------------------------------------------------------ pieces
     def generate_and_score(self) -> tuple[list[Rollout], dict]:
-        """This replica's rollouts (groups of n per prompt), scored; DAPO's dynamic sampling keeps
-        generating until every replica has its share of mixed-outcome groups (or the cap is hit)."""
+        """This replica's rollouts (groups of n per prompt), scored. Under DAPO's dynamic sampling, rounds of
+        gen_batch_prompts prompts are generated until train_batch_prompts mixed-outcome groups are kept,
+        counted over all replicas (verl's recipe), and the kept groups are then shared out evenly."""
         cfg, g = self.cfg, self.groups
         a = cfg.algorithm.resolved()
-        per_rank = a.train_batch_prompts // g.dp_size
-        kept: list[Rollout] = []
-        all_results: list = []
-        for _ in range(a.max_num_gen_batches if a.dynamic_sampling else 1):
-            records = self.sampler.next_batch(a.train_batch_prompts)[g.dp_rank * per_rank : (g.dp_rank + 1) * per_rank]
-            uid_base = self.gen_batches * PROMPT_UID_STRIDE
-            self.gen_batches += 1
-            new, results = self._rollouts_on_engine_rank(records, uid_base) if self.engine_rank else (None, None)
-            new, results = self._share_with_model_parallel_group((new, results))
-            all_results += results
-            if a.dynamic_sampling:
-                values = torch.tensor([r.acc if a.dynamic_sampling_metric == "acc" else r.score for r in new])
-                keep, _ = dynamic_sampling_filter(values, torch.tensor([r.prompt_uid for r in new]), a.dynamic_sampling_metric)
-                new = [r for r, k in zip(new, keep.tolist()) if k]
-            kept += new
-            have = torch.tensor([len(kept) // cfg.rollout.n])
-            dist.all_reduce(have, op=dist.ReduceOp.MIN, group=g.dp)
-            if int(have) >= per_rank:
-                break
-        # Equal whole-mini-batch shares on every replica (dynamic sampling can leave fewer groups).
-        local_mini = a.mini_batch_prompts // g.dp_size
-        groups_kept = min(int(have), per_rank) // local_mini * local_mini
-        kept = kept[: groups_kept * cfg.rollout.n]
+        n = cfg.rollout.n
+        metrics = {}
+        if not a.dynamic_sampling:
+            kept, all_results = self._generate_round(a.train_batch_prompts)
+            groups_kept = a.train_batch_prompts
+        else:
+            ds = dynamic_sampling_rounds(
+                lambda: self._generate_round(a.gen_batch_prompts or a.train_batch_prompts),
+                lambda rollouts: self._filter_values(rollouts, a),
+                n=cfg.rollout.n, train_batch_prompts=a.train_batch_prompts, mini_batch_prompts=a.mini_batch_prompts,
+                max_rounds=a.max_num_gen_batches, metric=a.dynamic_sampling_metric,
+                on_exhausted=a.dynamic_sampling_on_exhausted, dp_group=g.dp, dp_rank=g.dp_rank, dp_size=g.dp_size,
+            )
+            kept, all_results, groups_kept = ds.rollouts, ds.results, ds.groups_kept
+            if ds.exhausted and g.world_rank == 0:
+                print(f"warning: dynamic sampling kept {ds.groups_seen} of {a.train_batch_prompts} prompt groups in "
+                      f"{ds.rounds} rounds (algorithm.max_num_gen_batches); training on {groups_kept}", flush=True)
+            metrics.update({"rollout/gen_rounds": float(ds.rounds), "rollout/dynamic_sampling_exhausted": float(ds.exhausted)})
         from megatron_mcpo.rewards import reward_metrics
 
         gathered = [None] * g.dp_size
         dist.all_gather_object(gathered, all_results, group=g.dp)
-        metrics = reward_metrics([r for part in gathered for r in part])
+        metrics.update(reward_metrics([r for part in gathered for r in part]))
         metrics.update({"rollout/groups_kept": float(groups_kept), "rollout/gen_batches": float(self.gen_batches)})
         lengths = [len(r.response_ids) for r in kept] or [0]
         metrics["rollout/response_length_mean"] = sum(lengths) / len(lengths)
         metrics["rollout/clip_ratio"] = sum(r.finish_reason == "length" for r in kept) / max(len(kept), 1)
-        if not kept:
-            raise RuntimeError("dynamic sampling kept no prompt group: raise algorithm.max_num_gen_batches")
         return kept, metrics
+
+    def _generate_round(self, prompts: int) -> tuple[list[Rollout], list]:
+        """One generation round of `prompts` prompts over all replicas: this replica's share, scored."""
+        g = self.groups
+        per_rank = prompts // g.dp_size
+        records = self.sampler.next_batch(prompts)[g.dp_rank * per_rank : (g.dp_rank + 1) * per_rank]
+        uid_base = self.gen_batches * PROMPT_UID_STRIDE
+        self.gen_batches += 1
+        out = self._rollouts_on_engine_rank(records, uid_base) if self.engine_rank else (None, None)
+        return self._share_with_model_parallel_group(out)
+
+    def _filter_values(self, rollouts: list[Rollout], a) -> torch.Tensor:
+        """What dynamic sampling filters on: the 0/1 accuracy, or the sequence reward the advantages will use."""
+        if a.dynamic_sampling_metric == "acc":
+            return torch.tensor([r.acc for r in rollouts], dtype=torch.float64)
+        scores = torch.tensor([r.score for r in rollouts], dtype=torch.float64)
+        if a.overlong_buffer_enable:
+            lengths = torch.tensor([len(r.response_ids) for r in rollouts])
+            scores, _ = overlong_penalty(scores, lengths, self.cfg.rollout.max_response_length,
+                                         a.overlong_buffer_len, a.overlong_penalty_factor)
+        return scores
 
     def _rollouts_on_engine_rank(self, records, uid_base):
         from megatron_mcpo.rollout.engine import SamplingSpec
@@ -185,7 +202,16 @@ class Trainer:
         m = batch["response_mask"]
         diff = (out.logprobs - batch["sample_logprobs"]).abs()[m]
         metrics = {"rollout/logprob_abs_diff_mean": float(diff.mean()), "rollout/logprob_abs_diff_max": float(diff.max())}
-        return {"old_logprobs": out.logprobs, "pooled_old": out.pooled}, metrics
+        # Mismatch metrics every step; correction weights when algorithm.rollout_correction turns a knob on.
+        rc = self.cfg.algorithm.rollout_correction
+        tokens, seqs = global_counts(batch, self.groups.dp)
+        weights, corr = rollout_correction(out.logprobs, batch["sample_logprobs"], m, global_num_tokens=tokens,
+                                           global_num_seqs=seqs, **correction_kwargs(rc))
+        metrics.update(reduce_correction_metrics(corr, self.groups.dp))
+        result = {"old_logprobs": out.logprobs, "pooled_old": out.pooled}
+        if any(v is not None for v in correction_kwargs(rc).values()):
+            result["is_weights"] = weights
+        return result, metrics
 
     def evaluate(self) -> dict:
         """Held-out metrics of the current policy (evaluation.py); collective over all ranks."""
@@ -238,8 +264,9 @@ class Trainer:
         return VLLMEngine(self.hf_dir, seed=r.seed + self.groups.dp_rank, gpu_memory_utilization=r.gpu_memory_utilization,
                           enforce_eager=r.enforce_eager, max_model_len=r.max_prompt_length + r.max_response_length,
                           tensor_parallel_size=r.tp, dtype=self.cfg.model.params_dtype, transport=r.refit_transport,
-                          # the policy's own log-probs (before temperature/top-p), comparable with Megatron's
-                          logprobs_mode="raw_logprobs")
+                          # log-probs of the sampling distribution softmax(logits / T) (renormalised over the
+                          # top-k/top-p nucleus when those cut the vocabulary), like Megatron's tempered ones
+                          logprobs_mode="processed_logprobs")
 
     def _make_scorer(self):
         from megatron_mcpo.rewards import RewardScorer, SandboxLimits

@@ -15,11 +15,18 @@ only switches verl's reward manager to `dapo`, i.e. adds the overlong penalty: h
 `algorithm.overlong_buffer_enable=true`, and it is the setting that reproduces the paper's tables. Its
 §5.1 describes DAPO by all its components; that is ``dapo`` here.
 
-Modules: `advantages` (GRPO / Dr.GRPO / RLOO, including across ranks), `policy_loss`, `dapo`, `mcpo`.
+Modules: `advantages` (GRPO / Dr.GRPO / RLOO, including across ranks), `policy_loss`, `dapo`, `mcpo`,
+`rollout_correction` (TIS / masked IS / ICEPOP weights against the engine's sampling log-probs).
 Task domains have one enumeration, `megatron_mcpo.domains.DOMAINS`.
 """
 from megatron_mcpo.algorithms.advantages import gathered_group_advantages, group_advantages
-from megatron_mcpo.algorithms.dapo import dynamic_sampling_filter, overlong_penalty
+from megatron_mcpo.algorithms.dapo import (
+    dynamic_sampling_filter,
+    dynamic_sampling_status,
+    overlong_penalty,
+    replica_share,
+    usable_groups,
+)
 from megatron_mcpo.algorithms.mcpo import (
     PoolNormalizers,
     mcpo_anchor_subset_loss,
@@ -29,11 +36,13 @@ from megatron_mcpo.algorithms.mcpo import (
     mcpo_pool_normalizers,
 )
 from megatron_mcpo.algorithms.policy_loss import aggregate, kl_penalty, policy_loss_kwargs, ppo_policy_loss
+from megatron_mcpo.algorithms.rollout_correction import reduce_correction_metrics, rollout_correction
 
 __all__ = [
     "PoolNormalizers",
     "aggregate",
     "dynamic_sampling_filter",
+    "dynamic_sampling_status",
     "gathered_group_advantages",
     "group_advantages",
     "kl_penalty",
@@ -45,4 +54,8 @@ __all__ = [
     "overlong_penalty",
     "policy_loss_kwargs",
     "ppo_policy_loss",
+    "reduce_correction_metrics",
+    "replica_share",
+    "rollout_correction",
+    "usable_groups",
 ]

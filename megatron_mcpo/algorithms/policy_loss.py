@@ -16,7 +16,8 @@ from megatron_mcpo.algorithms._checks import check_choice, check_dtype
 if TYPE_CHECKING:
     from megatron_mcpo.config import AlgorithmConfig
 
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+KL_LOG_RATIO_CLAMP = 20.0  # verl's `kl_penalty` clamps log π_ref − log π_θ to ±20 before exp
 KL_ESTIMATORS = ("k1", "k3")
 
 
@@ -33,6 +34,7 @@ def aggregate(
 
       token-mean:              Σ_{i,t} m·x / global_num_tokens
       seq-mean-token-mean:     Σ_i (Σ_t m·x / max(Σ_t m, 1)) / global_num_seqs
+      seq-mean-token-sum:      Σ_{i,t} m·x / global_num_seqs              (verl: token sum per sequence, seq mean)
       seq-mean-token-sum-norm: Σ_{i,t} m·x / (global_num_seqs · norm_length)   (Dr.GRPO, L_const = norm_length)
     global_num_seqs counts the mini-batch's sequences with at least one valid token.
     """
@@ -43,6 +45,8 @@ def aggregate(
     seqs = _positive("global_num_seqs", global_num_seqs)
     if mode == "seq-mean-token-mean":
         return ((values * m).sum(-1) / m.sum(-1).clamp_min(1)).sum() / seqs
+    if mode == "seq-mean-token-sum":
+        return (values * m).sum() / seqs
     if norm_length is None:
         raise ValueError("loss_agg_mode='seq-mean-token-sum-norm' needs norm_length "
                          "(L_const, e.g. the max response length)")
@@ -53,12 +57,13 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
     """Per-token KL(π_θ‖π_ref) estimate, same shape as the inputs (verl `kl_penalty`).
 
       k1: log π_θ − log π_ref
-      k3: ρ − log ρ − 1 with ρ = π_ref/π_θ, clamped to [−10, 10] as verl's `low_var_kl` does.
+      k3: ρ − log ρ − 1 with log ρ = clamp(log π_ref − log π_θ, ±20) and the result clamped to [−10, 10],
+          as verl's `low_var_kl` does (without the first clamp exp overflows and the gradient is NaN).
     """
     check_choice("kl_estimator", estimator, KL_ESTIMATORS)
     if estimator == "k1":
         return logprobs - ref_logprobs
-    log_ratio = ref_logprobs - logprobs
+    log_ratio = (ref_logprobs - logprobs).clamp(-KL_LOG_RATIO_CLAMP, KL_LOG_RATIO_CLAMP)
     return (log_ratio.exp() - log_ratio - 1).clamp(-10.0, 10.0)
 
 
@@ -81,13 +86,17 @@ def ppo_policy_loss(
     ref_logprobs: Optional[torch.Tensor] = None,
     kl_coef: float = 0.0,
     kl_estimator: str = "k3",
+    is_weights: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO-clip loss with asymmetric (DAPO clip-higher) and dual clip, entropy bonus and optional KL.
 
-    Shapes: logprobs, old_logprobs, response_mask, entropy, ref_logprobs (B, T); advantages (B,) or (B, T).
+    Shapes: logprobs, old_logprobs, response_mask, entropy, ref_logprobs, is_weights (B, T); advantages (B,)
+    or (B, T).
       ρ      = exp(clamp(logπ_θ − logπ_old, −ratio_log_clamp, ratio_log_clamp))
       ℓ_clip = max(−Âρ, −Â·clip(ρ, 1−ε_low, 1+ε_high))
       ℓ      = min(ℓ_clip, −c·Â) where Â < 0 (dual clip), else ℓ_clip
+      ℓ     ← w·ℓ with w = is_weights (constants) when given: the rollout-mismatch correction
+               (`rollout_correction`), 0 on masked tokens; denominators are unchanged
       loss   = agg(ℓ) − entropy_coef·agg(H) + kl_coef·agg(KL)        (agg = `aggregate` with loss_agg_mode)
     Returns (loss, metrics); metrics are detached scalars, each a local sum over a global count (additive):
     pg_loss, pg_clipfrac (upper/lower PPO clip active), pg_clipfrac_lower (dual clip active), ppo_kl
@@ -95,7 +104,7 @@ def ppo_policy_loss(
     """
     shape = logprobs.shape
     for name, t in (("old_logprobs", old_logprobs), ("response_mask", response_mask), ("entropy", entropy),
-                    ("ref_logprobs", ref_logprobs)):
+                    ("ref_logprobs", ref_logprobs), ("is_weights", is_weights)):
         if t is not None and t.shape != shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)} like logprobs")
     check_dtype("logprobs", logprobs, "float")
@@ -125,6 +134,8 @@ def ppo_policy_loss(
     loss_dual = -advantages * clip_ratio_c
     negative = advantages < 0
     per_token = torch.where(negative, torch.minimum(loss_ppo, loss_dual), loss_ppo)
+    if is_weights is not None:
+        per_token = per_token * is_weights.detach().to(per_token.dtype)
 
     def token_mean(x: torch.Tensor) -> torch.Tensor:
         return agg(x.detach().to(logprobs.dtype), "token-mean")

@@ -2,8 +2,11 @@
 
 For a micro-batch of right-padded sequences `tokens` [b, s] with `response_mask` [b, s] (True on
 response tokens), the last pipeline stage yields, aligned with `tokens`:
-  logprobs[b, t] = log π(tokens[b, t] | tokens[b, <t])   (0 at t = 0)
-  entropy[b, t]  = H(π(· | tokens[b, <t]))                (0 at t = 0)
+  logprobs[b, t] = log π_T(tokens[b, t] | tokens[b, <t])   (0 at t = 0)
+  entropy[b, t]  = H(π_T(· | tokens[b, <t]))                (0 at t = 0)
+where π_T = softmax(logits / T) with T = `temperature`: the rollout temperature, so that old, new and
+reference log-probs (and the ratio, the clip and the gradient A·(e_y − π_T)/T) are those of the
+distribution the engine sampled from, as in verl. T = 1 gives the model's own distribution.
   pooled[b]      = Σ_t m[b,t] H_L[b,t] / Σ_t m[b,t]     (fp32, H_L = post-final-norm last-layer state)
 Log-probs and entropy are computed vocab-parallel (padded-vocab rows masked); the pooled state is
 reduced across the sequence-parallel and context-parallel shards. Right padding with the causal mask
@@ -78,7 +81,8 @@ def masked_mean_pool(hidden: torch.Tensor, mask: torch.Tensor, group=None) -> to
 class PolicyModel:
     """This rank's model chunks plus the forward plumbing shared by log-prob passes and training."""
 
-    def __init__(self, chunks: list, hf_config: dict, groups: ParallelGroups, sequence_packing: bool = False):
+    def __init__(self, chunks: list, hf_config: dict, groups: ParallelGroups, sequence_packing: bool = False,
+                 temperature: float = 1.0):
         from megatron.core.transformer.dot_product_attention import DotProductAttention
 
         self.chunks = chunks
@@ -86,6 +90,9 @@ class PolicyModel:
         self.groups = groups
         self.valid_vocab = hf_config["vocab_size"]
         self.sequence_packing = sequence_packing  # read per schedule run by training/train_step.py
+        if not temperature > 0:
+            raise ValueError(f"PolicyModel: temperature must be > 0, got {temperature}")
+        self.temperature = temperature
         # megatron's local attention rejects PackedSeqParams; the TE spec takes THD.
         core_attention = unwrap(chunks[0]).decoder.layers[0].self_attention.core_attention
         self.packed_thd = not isinstance(core_attention, DotProductAttention)
@@ -139,6 +146,8 @@ class PolicyModel:
         row_tokens = tokens if packed is None else packed.tokens
         labels = row_tokens[:, 1:]
         local_v = logits.shape[-1]
+        if self.temperature != 1.0:  # in the logits' dtype, like verl (an fp32 copy would double the memory)
+            logits = logits / self.temperature
         logp, ent = vocab_parallel_logprobs_entropy(
             logits[:, :-1], labels, g.tp_rank * local_v, self.valid_vocab, g.tp if g.tp_size > 1 else None
         )

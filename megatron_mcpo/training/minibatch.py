@@ -2,8 +2,9 @@
 
 This rank's share of the mini-batch is a dict of tensors (leading dim n = its rollouts):
   tokens [n, s], response_mask [n, s] bool, old_logprobs [n, s], advantages [n], rewards [n],
-  prompt_ids [n], domain_ids [n]; optional ref_logprobs [n, s]; optional pooled_old [n, d] (the
-  pooled states of the old-log-prob pass, on the last pipeline stage).
+  prompt_ids [n], domain_ids [n]; optional ref_logprobs [n, s]; optional is_weights [n, s] (rollout
+  mismatch correction, algorithms/rollout_correction.py); optional pooled_old [n, d] (the pooled states
+  of the old-log-prob pass, on the last pipeline stage).
 Gradient modes for the contrastive term (spec §8; `mcpo.grad_mode`):
   exact        gradient cache over the gathered pool (one graph when the local mini-batch is one
                micro-batch); the pre-pass is skipped when `reuse_old_pooled` (θ = rollout policy).
@@ -84,7 +85,7 @@ def train_minibatch(
         loss, metrics = ppo_policy_loss(
             out.logprobs, mb["old_logprobs"], mb["advantages"], mb["response_mask"],
             global_num_tokens=num_tokens, global_num_seqs=num_seqs, entropy=out.entropy,
-            ref_logprobs=mb.get("ref_logprobs"), **pl_kwargs,
+            ref_logprobs=mb.get("ref_logprobs"), is_weights=mb.get("is_weights"), **pl_kwargs,
         )
         if use_mcpo:  # spec §10 num_pos_per_microbatch: summed here, averaged over micro-batches below
             metrics["mcpo/num_pos_per_microbatch"] = (mb["rewards"] >= mc.positive_threshold).sum().double()

@@ -37,7 +37,6 @@ def wrap_ddp(chunks: list, cfg: Config) -> list:
 
 def build_optimizer(chunks: list, cfg: Config):
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
     o = cfg.optimizer
     bf16 = cfg.model.params_dtype == "bf16"
@@ -55,8 +54,26 @@ def build_optimizer(chunks: list, cfg: Config):
         use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
     )
     optimizer = get_megatron_optimizer(opt_config, chunks)
-    decay_steps = max(o.lr_decay_steps or cfg.run.total_steps, o.lr_warmup_steps + 1)
-    scheduler = OptimizerParamScheduler(
+    return optimizer, build_scheduler(optimizer, cfg)
+
+
+def lr_decay_steps(cfg: Config) -> int:
+    """Optimizer steps from the start to min_lr: optimizer.lr_decay_steps, else the whole run
+    (run.total_steps RL steps of algorithm.optimizer_steps_per_rl_step optimizer steps each)."""
+    o = cfg.optimizer
+    if o.lr_decay_steps is not None:
+        return o.lr_decay_steps
+    return max(cfg.run.total_steps * cfg.algorithm.optimizer_steps_per_rl_step, o.lr_warmup_steps + 1)
+
+
+def build_scheduler(optimizer, cfg: Config):
+    """Megatron's OptimizerParamScheduler, stepped once per optimizer step (training/train_step.py):
+    linear warmup over optimizer.lr_warmup_steps, then the decay style until lr_decay_steps(cfg)."""
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    o = cfg.optimizer
+    decay_steps = lr_decay_steps(cfg)
+    return OptimizerParamScheduler(
         optimizer,
         init_lr=0.0 if o.lr_warmup_steps > 0 else o.lr,
         max_lr=o.lr,
@@ -69,7 +86,6 @@ def build_optimizer(chunks: list, cfg: Config):
         wd_incr_steps=decay_steps,
         wd_incr_style="constant",
     )
-    return optimizer, scheduler
 
 
 def setup_train_state(cfg: Config, hf_config: dict, groups: ParallelGroups) -> TrainState:
@@ -84,4 +100,6 @@ def setup_train_state(cfg: Config, hf_config: dict, groups: ParallelGroups) -> T
         c.config.grad_scale_func = optimizer.scale_loss
         if cfg.parallel.overlap_grad_reduce:
             c.config.no_sync_func = [x.no_sync for x in chunks] if len(chunks) > 1 else chunks[0].no_sync
-    return TrainState(policy=PolicyModel(chunks, hf_config, groups, sequence_packing=cfg.model.sequence_packing), optimizer=optimizer, scheduler=scheduler)
+    policy = PolicyModel(chunks, hf_config, groups, sequence_packing=cfg.model.sequence_packing,
+                         temperature=cfg.rollout.temperature)
+    return TrainState(policy=policy, optimizer=optimizer, scheduler=scheduler)

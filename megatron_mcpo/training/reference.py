@@ -24,7 +24,8 @@ class ReferencePolicy:
         for chunk in chunks:
             chunk.requires_grad_(False)
         load_weights(chunks)
-        self.policy = PolicyModel(chunks, hf_config, groups, sequence_packing=cfg.model.sequence_packing)
+        self.policy = PolicyModel(chunks, hf_config, groups, sequence_packing=cfg.model.sequence_packing,
+                                  temperature=cfg.rollout.temperature)  # π_ref at the sampling temperature too
         self.micro_batch_size = cfg.parallel.micro_batch_size
 
     @torch.no_grad()

@@ -92,13 +92,14 @@ def train_step(state, microbatches: list[dict], loss_fn: LossFn, extra_step: Opt
     metrics = _reduce_metrics(store, policy)
     if extra_step is not None:
         metrics.update(extra_step())
+    lr = state.optimizer.param_groups[0]["lr"]  # the LR this update uses (the scheduler then moves on)
     ok, grad_norm, _ = state.optimizer.step()
     if ok:
         state.scheduler.step(increment=1)
         state.step += 1
     metrics.update(
+        {"optimizer/lr": lr},
         grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
-        lr=state.optimizer.param_groups[0]["lr"],
         update_successful=float(bool(ok)),
     )
     return metrics

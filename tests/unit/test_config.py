@@ -51,6 +51,14 @@ def test_overrides_apply_over_yaml(tmp_path):
         (["data.domains=[math, sciense]"], "data.domains"),
         (["algorithm.kl_coef=-0.01"], "algorithm.kl_coef"),
         (["algorithm.name=dapo", "rollout.max_response_length=64"], "algorithm.overlong_buffer_len"),
+        (["parallel.cp=2"], "parallel.cp"),  # not supported yet (nothing shards the loss over the sequence)
+        (["algorithm.name=dapo", "algorithm.max_num_gen_batches=0"], "algorithm.max_num_gen_batches"),
+        (["algorithm.name=dapo", "algorithm.gen_batch_prompts=6"], "algorithm.gen_batch_prompts"),  # dp = 4
+        (["algorithm.gen_batch_prompts=16"], "algorithm.gen_batch_prompts"),  # grpo: no dynamic sampling
+        (["algorithm.rollout_correction.tis_cap=0.5"], "algorithm.rollout_correction.tis_cap"),
+        (["algorithm.rollout_correction.token_mask_low=0.5"], "algorithm.rollout_correction.token_mask_low"),
+        (["rollout.temperature=0"], "rollout.temperature"),
+        (["optimizer.lr_warmup_steps=10", "optimizer.lr_decay_steps=10"], "optimizer.lr_decay_steps"),
     ],
 )
 def test_validation_names_the_field_before_any_process_group(overrides, field):
@@ -58,6 +66,21 @@ def test_validation_names_the_field_before_any_process_group(overrides, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         validate(cfg, world_size=4, cuda_available=False)
     assert not dist.is_initialized()
+
+
+def test_cp_refused_even_on_gpu():
+    with pytest.raises(ConfigError, match=r"parallel\.cp: context parallel > 1 is not supported yet"):
+        validate(load_config(overrides=["parallel.cp=2", "run.device=cuda"]), world_size=2, cuda_available=True)
+
+
+def test_new_algorithm_fields_accept_valid_values():
+    cfg = load_config(overrides=["algorithm.name=dapo", "algorithm.gen_batch_prompts=16", "rollout.temperature=0.7",
+                                 "algorithm.rollout_correction.seq_mask_c=2", "algorithm.loss_agg_mode=seq-mean-token-sum",
+                                 "algorithm.rollout_correction.token_mask_low=0.5",
+                                 "algorithm.rollout_correction.token_mask_high=5"])
+    validate(cfg, world_size=4, cuda_available=False)
+    assert cfg.algorithm.rollout_correction.seq_mask_c == 2.0
+    assert cfg.algorithm.optimizer_steps_per_rl_step == 2  # 8 prompts per step, 4 per mini-batch, 1 epoch
 
 
 def test_unsupported_hf_architecture(tmp_path):

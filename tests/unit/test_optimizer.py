@@ -32,3 +32,43 @@ def test_warmup_then_decay(style):
     else:  # cosine over the 4 decay steps after warmup: min + (max-min)/2 * (1 + cos(pi * k/4))
         expected = [1e-4 + 0.9e-3 / 2 * (1 + math.cos(math.pi * k / 4)) for k in range(1, 5)] + [1e-4]
         assert lrs[2:] == pytest.approx(expected)
+
+
+def _whole_run_lrs(overrides):
+    """The LR of every optimizer step of a run, from the real scheduler set-up (stepped as train_step does)."""
+    import torch
+
+    from megatron_mcpo.config import load_config
+    from megatron_mcpo.training.optimizer import build_scheduler
+
+    cfg = load_config(overrides=overrides)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.lr)
+    scheduler = build_scheduler(opt, cfg)
+    lrs = []
+    for _ in range(cfg.run.total_steps * cfg.algorithm.optimizer_steps_per_rl_step):
+        lrs.append(opt.param_groups[0]["lr"])  # the LR this optimizer step uses
+        scheduler.step(increment=1)
+    return lrs
+
+
+def test_cosine_decay_spans_the_whole_run_in_optimizer_steps():
+    """516 RL steps × 2 mini-batches = 1032 optimizer steps: the default decay length is all of them (it
+    used to be 516, so the LR hit min_lr half-way, at RL step 258)."""
+    lrs = _whole_run_lrs(["run.total_steps=516", "algorithm.train_batch_prompts=128", "algorithm.mini_batch_prompts=64",
+                          "optimizer.lr=1e-6", "optimizer.min_lr=1e-7", "optimizer.lr_decay_style=cosine",
+                          "optimizer.lr_warmup_steps=20"])
+    assert len(lrs) == 1032
+    assert lrs[0] == 0.0 and lrs[10] == pytest.approx(0.5e-6) and lrs[20] == pytest.approx(1e-6)
+    assert all(b <= a for a, b in zip(lrs[20:], lrs[21:]))  # monotone decay after warmup
+    # half-way through the decay (optimizer step 20 + 506 = RL step 263): the cosine's midpoint
+    assert lrs[526] == pytest.approx(1e-7 + 0.9e-6 / 2, rel=1e-9)
+    assert lrs[516] > 5e-7  # RL step 258 is not at min_lr
+    assert lrs[-1] == pytest.approx(1e-7 + 0.45e-6 * (1 + math.cos(math.pi * 1011 / 1012)), rel=1e-9)
+    assert min(lrs[20:]) > 1e-7  # min_lr is reached only after the last update
+
+
+def test_ppo_epochs_count_in_the_schedule():
+    lrs = _whole_run_lrs(["run.total_steps=3", "algorithm.ppo_epochs=2", "optimizer.lr=1.0",
+                          "optimizer.lr_decay_style=linear"])
+    # 3 RL steps × 2 mini-batches (8 / 4 prompts) × 2 epochs = 12 optimizer steps, linear from 1 to 0
+    assert lrs == pytest.approx([1 - k / 12 for k in range(12)])

@@ -13,8 +13,8 @@ def hf_config(hf_dir: str) -> dict:
         return json.load(f)
 
 
-def train_state(hf_dir: str, tp: int = 1, pp: int = 1, vpp=None, lr: float = 3e-3):
-    """(TrainState, groups) for this process's layout, HF weights loaded."""
+def train_state(hf_dir: str, tp: int = 1, pp: int = 1, vpp=None, lr: float = 3e-3, temperature: float = 1.0):
+    """(TrainState, groups) for this process's layout, HF weights loaded; log-probs at `temperature`."""
     from megatron_mcpo.config import Config
     from megatron_mcpo.distributed import init_distributed
     from megatron_mcpo.training.optimizer import setup_train_state
@@ -24,6 +24,7 @@ def train_state(hf_dir: str, tp: int = 1, pp: int = 1, vpp=None, lr: float = 3e-
     cfg = Config()
     cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.vpp = tp, pp, vpp
     cfg.optimizer.lr, cfg.optimizer.weight_decay = lr, 0.0
+    cfg.rollout.temperature = temperature
     state = setup_train_state(cfg, hf_config(hf_dir), groups)
     load_hf_weights(state.policy.chunks, hf_dir)
     return state, groups

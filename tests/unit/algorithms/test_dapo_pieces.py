@@ -2,7 +2,13 @@
 import pytest
 import torch
 
-from megatron_mcpo.algorithms.dapo import dynamic_sampling_filter, overlong_penalty
+from megatron_mcpo.algorithms.dapo import (
+    dynamic_sampling_filter,
+    dynamic_sampling_status,
+    overlong_penalty,
+    replica_share,
+    usable_groups,
+)
 from megatron_mcpo.domains import DOMAINS, domain_id, domain_name
 
 F64 = torch.float64
@@ -48,3 +54,25 @@ def test_domain_enumeration():
         domain_id("chemistry")
     with pytest.raises(ValueError, match="unknown domain id 5"):
         domain_name(5)
+
+
+def test_dynamic_sampling_status_bookkeeping():
+    assert dynamic_sampling_status(8, 8, rounds=1, max_rounds=3) == "enough"
+    assert dynamic_sampling_status(11, 8, rounds=3, max_rounds=3) == "enough"
+    assert dynamic_sampling_status(5, 8, rounds=2, max_rounds=3) == "continue"
+    with pytest.raises(RuntimeError, match="kept 5 of the 8 prompt groups.*3 generation rounds"):
+        dynamic_sampling_status(5, 8, rounds=3, max_rounds=3)  # verl's recipe stops here by default
+    assert dynamic_sampling_status(5, 8, rounds=3, max_rounds=3, on_exhausted="continue") == "exhausted"
+    with pytest.raises(ValueError, match="max_rounds"):
+        dynamic_sampling_status(0, 8, rounds=1, max_rounds=0)
+    with pytest.raises(ValueError, match="on_exhausted"):
+        dynamic_sampling_status(0, 8, rounds=1, max_rounds=1, on_exhausted="warn")
+
+
+def test_usable_groups_and_replica_shares():
+    assert usable_groups(11, 8, 4) == 8  # never more than the batch
+    assert usable_groups(7, 8, 4) == 4 and usable_groups(3, 8, 4) == 0  # whole mini-batches only
+    groups = list("abcdefghij")
+    assert [replica_share(groups, 8, r, 4) for r in range(4)] == [list("ab"), list("cd"), list("ef"), list("gh")]
+    with pytest.raises(ValueError, match="cannot be split"):
+        replica_share(groups, 6, 0, 4)

@@ -40,6 +40,9 @@ def test_clip_higher_dual_clip_and_each_aggregation():
     assert value.item() == pytest.approx((sum(TOKEN_LOSS[0]) / 3 + sum(TOKEN_LOSS[1]) / 4) / 2, abs=1e-12)
     value, _ = loss("seq-mean-token-sum-norm")
     assert value.item() == pytest.approx(total / (2 * 8), abs=1e-12)
+    # verl's seq-mean-token-sum: each sequence's token sum (−2.88 and 6.8), then the mean over the 2 sequences
+    value, _ = loss("seq-mean-token-sum")
+    assert value.item() == pytest.approx((-2.88 + 6.8) / 2, abs=1e-12)
     # metrics: upper/lower PPO clip on seq 0 token 0 and seq 1 token 0; dual clip on seq 1 token 1
     assert m["pg_clipfrac"].item() == pytest.approx(2 / 7, abs=1e-12)
     assert m["pg_clipfrac_lower"].item() == pytest.approx(1 / 7, abs=1e-12)
@@ -95,7 +98,7 @@ def test_entropy_bonus_and_kl_estimators():
     assert kl_penalty(torch.zeros(1, dtype=F64), torch.tensor([50.0], dtype=F64), "k3").item() == 10.0  # verl clamp
 
 
-@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
 def test_micro_batch_and_rank_splits_sum_to_the_whole_batch(mode):
     g = torch.Generator().manual_seed(0)
     b, t = 6, 7
@@ -122,6 +125,50 @@ def test_micro_batch_and_rank_splits_sum_to_the_whole_batch(mode):
     if mode != "seq-mean-token-mean":  # token-level splits (e.g. context parallel) also add up
         cols = [run(slice(None), slice(0, 3)), run(slice(None), slice(3, t))]
         assert sum(c[0] for c in cols).item() == pytest.approx(whole.item(), abs=1e-12)
+
+
+def test_seq_mean_token_sum_uses_the_global_sequence_count():
+    """Each piece divides by the whole mini-batch's sequence count (not its own): a micro-batch holding one
+    of 4 sequences contributes its token sum / 4, and a sequence without tokens is not counted."""
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0], [7.0, 7.0, 0.0], [5.0, 5.0, 5.0]], dtype=F64)
+    m = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [0, 0, 0]], dtype=torch.bool)
+    whole = aggregate(x, m, "seq-mean-token-sum", global_num_tokens=6, global_num_seqs=3)
+    assert whole.item() == pytest.approx((6 + 4 + 14) / 3, abs=1e-12)
+    pieces = [aggregate(x[i : i + 1], m[i : i + 1], "seq-mean-token-sum", global_num_tokens=6, global_num_seqs=3)
+              for i in range(4)]
+    assert [p.item() for p in pieces] == pytest.approx([2.0, 4 / 3, 14 / 3, 0.0], abs=1e-12)
+
+
+def test_k3_kl_is_finite_at_extreme_log_ratios():
+    """log π − log π_ref = −95 (ρ = π_ref/π = e^95): verl clamps log ρ to 20 before exp, so the value is
+    the [−10, 10] clamp's 10 and the gradient finite (0: both clamps are active). Without the log-ratio
+    clamp exp(95)·grad overflows to inf − inf = NaN in float32."""
+    for dtype in (torch.float32, F64):
+        logp = torch.tensor([-100.0, -5.0, -3.0], dtype=dtype, requires_grad=True)
+        ref = torch.tensor([-5.0, -100.0, -3.5], dtype=dtype)  # log ratios +95, −95, −0.5
+        kl = kl_penalty(logp, ref, "k3")
+        kl.sum().backward()
+        assert torch.isfinite(kl).all() and torch.isfinite(logp.grad).all(), dtype
+        assert kl[0].item() == 10.0 and kl[1].item() == 10.0  # e^20 − 21 and e^−20 + 19, both clamped to 10
+        assert kl[2].item() == pytest.approx(math.exp(-0.5) + 0.5 - 1, rel=1e-6)
+        # d/dlogπ of e^{log ρ} − log ρ − 1 with log ρ = logπ_ref − logπ: 1 − e^{log ρ}
+        assert logp.grad[2].item() == pytest.approx(1 - math.exp(-0.5), rel=1e-6)
+        assert logp.grad[0].item() == 0.0 and logp.grad[1].item() == 0.0  # the value clamp is active
+
+
+def test_is_weights_scale_each_tokens_policy_term_only():
+    w = torch.tensor([[2.0, 0.0, 1.0, 5.0], [1.0, 1.0, 0.5, 0.0]], dtype=F64)  # 5.0 sits on padding
+    entropy = torch.ones(2, 4, dtype=F64)
+    value, m = loss(is_weights=w, entropy=entropy, entropy_coef=0.1)
+    weighted = 2 * -1.28 + 0 + 1.1 * -1 + 0.8 + 3.0 + 0.5 * 1.0 + 0
+    assert value.item() == pytest.approx(weighted / 7 - 0.1, abs=1e-12)  # same denominator, entropy unweighted
+    assert m["pg_clipfrac"].item() == pytest.approx(2 / 7, abs=1e-12)  # metrics see the unweighted ratios
+    logp, old = inputs()
+    logp.requires_grad_()
+    ppo_policy_loss(logp, old, ADV, MASK, **CLIP, loss_agg_mode="token-mean", global_num_tokens=7,
+                    global_num_seqs=2, is_weights=w)[0].backward()
+    assert logp.grad[0, 1] == 0  # masked token: no gradient
+    assert logp.grad[1, 3].item() == 0.0 and logp.grad[1, 2].item() == pytest.approx(0.5 * 1.0 / 7, abs=1e-12)
 
 
 def test_aggregate_and_bad_input():
