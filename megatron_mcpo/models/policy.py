@@ -11,9 +11,10 @@ needs no attention mask: padding comes after every real token.
 
 With `sequence_packing` the micro-batch runs as one packed row [1, T] (models/packing.py): THD
 PackedSeqParams where the attention supports them (Transformer Engine: per-sequence attention and
-RoPE), else megatron's local attention with a block-diagonal causal mask (RoPE is relative, so the
-packed row's running positions give the same scores up to rounding). Outputs are unpacked to [b, s],
-so the quantities above are unchanged.
+RoPE); with the SDPA core attention (models/attention.py) the row's segment boundaries, attended one
+segment at a time; with megatron's unfused local attention a dense block-diagonal causal mask. The
+last two apply RoPE at the packed row's running positions (relative: the same scores up to rounding).
+Outputs are unpacked to [b, s], so the quantities above are unchanged.
 """
 from __future__ import annotations
 
@@ -81,14 +82,17 @@ class PolicyModel:
     def __init__(self, chunks: list, hf_config: dict, groups: ParallelGroups, sequence_packing: bool = False):
         from megatron.core.transformer.dot_product_attention import DotProductAttention
 
+        from megatron_mcpo.models.attention import SDPAttention
+
         self.chunks = chunks
         self.hf_config = hf_config
         self.groups = groups
         self.valid_vocab = hf_config["vocab_size"]
         self.sequence_packing = sequence_packing  # read per schedule run by training/train_step.py
-        # megatron's local attention rejects PackedSeqParams; the TE spec takes THD.
+        # megatron's local attention rejects PackedSeqParams; SDPA takes segment bounds; the TE spec THD.
         core_attention = unwrap(chunks[0]).decoder.layers[0].self_attention.core_attention
-        self.packed_thd = not isinstance(core_attention, DotProductAttention)
+        self.packed_segments = isinstance(core_attention, SDPAttention)
+        self.packed_thd = not isinstance(core_attention, (DotProductAttention, SDPAttention))
         self._hidden: dict[int, torch.Tensor] = {}
         for chunk in chunks:
             model = unwrap(chunk)
@@ -119,6 +123,11 @@ class PolicyModel:
         if packed is not None:
             if self.packed_thd:
                 return chunk(packed.tokens, packed.position_ids, None, packed_seq_params=thd_packed_seq_params(packed))
+            if self.packed_segments:
+                from megatron_mcpo.models.attention import segmented_seq_params
+
+                params = segmented_seq_params(packed.cu_seqlens)
+                return chunk(packed.tokens, packed.position_ids, None, packed_seq_params=params)
             return chunk(packed.tokens, packed.position_ids, block_causal_mask(packed))
         b, s = tokens.shape
         position_ids = torch.arange(s, device=tokens.device).unsqueeze(0).expand(b, -1)

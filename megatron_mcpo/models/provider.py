@@ -2,7 +2,8 @@
 
 RMSNorm, SwiGLU, GQA, RoPE with the model's theta (and Llama-3 rope scaling), QKV bias (Qwen2),
 QK-norm (Qwen3), optionally tied embeddings. The local layer spec on CPU; the Transformer Engine
-spec on GPU when TE imports (FP8 needs it).
+spec on GPU when TE imports (FP8 needs it). The local spec's core attention is torch SDPA
+(models/attention.py) unless model.attention_backend=local asks for megatron's unfused one.
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def rope_settings(hf: dict) -> tuple[float, Optional[float]]:
 
 
 def use_transformer_engine(model: ModelConfig) -> bool:
+    if model.attention_backend != "auto":  # an explicit local-spec attention (validate() checks the combination)
+        return False
     if model.transformer_impl == "local" or not torch.cuda.is_available():
         return False
     if model.transformer_impl == "transformer_engine":
@@ -134,6 +137,10 @@ def build_gpt_model(
         spec = get_gpt_layer_with_transformer_engine_spec(qk_layernorm=config.qk_layernorm)
     else:
         spec = get_gpt_layer_local_spec(qk_layernorm=config.qk_layernorm, normalization="RMSNorm")
+        if model.attention_backend != "local":
+            from megatron_mcpo.models.attention import with_sdpa_core_attention
+
+            spec = with_sdpa_core_attention(spec)
     if pre_process is None:
         pre_process = ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
     if post_process is None:
