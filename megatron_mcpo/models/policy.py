@@ -146,14 +146,16 @@ class PolicyModel:
         logits/hidden are [b, s, ·], or [1, T, ·] for the packed row of `packed`."""
         g = self.groups
         row_tokens = tokens if packed is None else packed.tokens
-        labels = row_tokens[:, 1:]
+        # Position t predicts token t+1. All positions go in (a slice logits[:, :-1] would be copied);
+        # the last one's label is a wrap-around placeholder and its outputs are dropped (zero gradient).
+        labels = torch.roll(row_tokens, -1, dims=1)
         local_v = logits.shape[-1]
         logp, ent = vocab_parallel_logprobs_entropy(
-            logits[:, :-1], labels, g.tp_rank * local_v, self.valid_vocab, g.tp if g.tp_size > 1 else None
+            logits, labels, g.tp_rank * local_v, self.valid_vocab, g.tp if g.tp_size > 1 else None
         )
         zero = torch.zeros_like(logp[:, :1])
-        logprobs = torch.cat([zero, logp], dim=1)
-        entropy = torch.cat([zero, ent], dim=1)
+        logprobs = torch.cat([zero, logp[:, :-1]], dim=1)
+        entropy = torch.cat([zero, ent[:, :-1]], dim=1)
         if self.config.sequence_parallel:
             from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
 
