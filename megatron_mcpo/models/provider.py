@@ -92,8 +92,10 @@ def transformer_config_from_hf(hf: dict, model: ModelConfig, parallel: ParallelC
         pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
         bf16=bf16,
         use_cpu_initialization=on_cpu,
-        # Fused kernels are CUDA-only; the unfused paths are exact.
-        bias_activation_fusion=False,
+        # Fused kernels are CUDA-only; the unfused paths are exact. SwiGLU's fusion is megatron's
+        # torch.compile'd kernel (no TE/apex; it saves only the fc1 output for backward); the RoPE and
+        # softmax fusions need TE/apex, and the SDPA core attention needs no softmax fusion.
+        bias_activation_fusion=not on_cpu,
         masked_softmax_fusion=False,
         bias_dropout_fusion=False,
         apply_rope_fusion=False,
