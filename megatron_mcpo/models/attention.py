@@ -135,7 +135,11 @@ class SDPAttention(MegatronModule):
             bounds = packed.segments
             if bounds[-1] != q.shape[0]:
                 raise ValueError(f"SDPAttention: segments end at {bounds[-1]}, the row has {q.shape[0]} tokens")
-            parts = [_sdpa(q[a:e], k[a:e], v[a:e], causal=True, mask=None, **kw) for a, e in zip(bounds[:-1], bounds[1:])]
+            # split (not slicing): its backward concatenates the segment gradients once, where each
+            # slice's backward would materialise a zero-filled full-row gradient.
+            lengths = [e - a for a, e in zip(bounds[:-1], bounds[1:])]
+            parts = [_sdpa(*seg, causal=True, mask=None, **kw)
+                     for seg in zip(q.split(lengths), k.split(lengths), v.split(lengths))]
             return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
         if attention_mask is not None:
             return _sdpa(q, k, v, causal=False, mask=~attention_mask, **kw)
