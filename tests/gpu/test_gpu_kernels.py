@@ -1,6 +1,6 @@
 """GPU checks of the kernels used without Transformer Engine (skipped without CUDA).
 
-- SDPAttention's inputs (sbhd views, GQA) select the flash kernel in bf16, and SDPAttention on CUDA
+- SDPAttention's inputs (sbhd views, GQA) select a flash kernel in bf16, and SDPAttention on CUDA
   (bf16 flash, fp32 memory-efficient) matches a float64 reference, padded and packed, with gradients.
 - megatron's torch.compile'd SwiGLU (bias_activation_fusion, on for CUDA runs) matches the unfused one.
 - The chunked vocab log-prob/entropy keeps its peak memory at the logits-sized gradient plus two fp32
@@ -45,7 +45,8 @@ def test_sdpa_selects_flash_for_bf16_gqa_views():
     kv = torch.randn(S, B, NG, HN, device="cuda", dtype=torch.bfloat16)
     q, k = x.permute(1, 2, 0, 3), kv.permute(1, 2, 0, 3)  # the layout SDPAttention passes
     choice = torch._fused_sdp_choice(q, k, k, is_causal=True, enable_gqa=True)
-    assert choice == int(SDPBackend.FLASH_ATTENTION)
+    # flash (or cuDNN's flash-style kernel, which some torch versions rank first on Hopper)
+    assert choice in (int(SDPBackend.FLASH_ATTENTION), int(SDPBackend.CUDNN_ATTENTION)), choice
 
 
 @pytest.mark.parametrize("dtype,atol,rtol", [(torch.bfloat16, 2e-2, 2e-2), (torch.float32, 1e-4, 0)])
