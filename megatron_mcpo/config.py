@@ -35,6 +35,10 @@ class ModelConfig:
     params_dtype: Literal["fp32", "bf16"] = "fp32"
     # "auto": Transformer Engine spec when TE imports and the device is CUDA, else the local spec.
     transformer_impl: Literal["auto", "local", "transformer_engine"] = "auto"
+    # Core attention. "auto": TE's where the TE spec is used, else torch SDPA in the local spec
+    # (models/attention.py). "sdpa" / "local" (megatron's unfused DotProductAttention: dense scores and,
+    # for packed rows, a dense [T, T] mask) select the local layer spec.
+    attention_backend: Literal["auto", "sdpa", "local"] = "auto"
     fp8: Optional[Literal["hybrid", "e4m3"]] = None
     fp8_recipe: Literal["delayed", "tensorwise", "blockwise"] = "delayed"
     recompute_granularity: Optional[Literal["full", "selective"]] = None
@@ -452,8 +456,11 @@ def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Opti
     m = cfg.model
     _require(m.fp8 is None or on_gpu, "model.fp8: FP8 needs a CUDA device with Transformer Engine")
     _require(m.transformer_impl != "transformer_engine" or on_gpu, "model.transformer_impl: transformer_engine needs CUDA")
+    _require(m.attention_backend == "auto" or m.transformer_impl != "transformer_engine",
+             f"model.attention_backend: '{m.attention_backend}' is a local-spec attention; transformer_impl=transformer_engine uses TE's (set auto)")
     if m.fp8 is not None:
         _require(m.transformer_impl != "local", "model.fp8: FP8 needs transformer_impl auto|transformer_engine")
+        _require(m.attention_backend == "auto", "model.fp8: FP8 needs the TE spec (model.attention_backend=auto)")
         _require(m.params_dtype == "bf16", "model.fp8: FP8 training expects model.params_dtype=bf16")
     _require(m.recompute_granularity is None or on_gpu, "model.recompute_granularity: activation recompute is GPU only")
     _require(not m.sequence_packing or p.cp == 1, "model.sequence_packing: not supported with context parallel (parallel.cp > 1)")

@@ -14,9 +14,10 @@ needs no attention mask: padding comes after every real token.
 
 With `sequence_packing` the micro-batch runs as one packed row [1, T] (models/packing.py): THD
 PackedSeqParams where the attention supports them (Transformer Engine: per-sequence attention and
-RoPE), else megatron's local attention with a block-diagonal causal mask (RoPE is relative, so the
-packed row's running positions give the same scores up to rounding). Outputs are unpacked to [b, s],
-so the quantities above are unchanged.
+RoPE); with the SDPA core attention (models/attention.py) the row's segment boundaries, attended one
+segment at a time; with megatron's unfused local attention a dense block-diagonal causal mask. The
+last two apply RoPE at the packed row's running positions (relative: the same scores up to rounding).
+Outputs are unpacked to [b, s], so the quantities above are unchanged.
 """
 from __future__ import annotations
 
@@ -85,6 +86,8 @@ class PolicyModel:
                  temperature: float = 1.0):
         from megatron.core.transformer.dot_product_attention import DotProductAttention
 
+        from megatron_mcpo.models.attention import SDPAttention
+
         self.chunks = chunks
         self.hf_config = hf_config
         self.groups = groups
@@ -93,9 +96,10 @@ class PolicyModel:
         if not temperature > 0:
             raise ValueError(f"PolicyModel: temperature must be > 0, got {temperature}")
         self.temperature = temperature
-        # megatron's local attention rejects PackedSeqParams; the TE spec takes THD.
+        # megatron's local attention rejects PackedSeqParams; SDPA takes segment bounds; the TE spec THD.
         core_attention = unwrap(chunks[0]).decoder.layers[0].self_attention.core_attention
-        self.packed_thd = not isinstance(core_attention, DotProductAttention)
+        self.packed_segments = isinstance(core_attention, SDPAttention)
+        self.packed_thd = not isinstance(core_attention, (DotProductAttention, SDPAttention))
         self._hidden: dict[int, torch.Tensor] = {}
         for chunk in chunks:
             model = unwrap(chunk)
@@ -126,6 +130,11 @@ class PolicyModel:
         if packed is not None:
             if self.packed_thd:
                 return chunk(packed.tokens, packed.position_ids, None, packed_seq_params=thd_packed_seq_params(packed))
+            if self.packed_segments:
+                from megatron_mcpo.models.attention import segmented_seq_params
+
+                params = segmented_seq_params(packed.cu_seqlens)
+                return chunk(packed.tokens, packed.position_ids, None, packed_seq_params=params)
             return chunk(packed.tokens, packed.position_ids, block_causal_mask(packed))
         b, s = tokens.shape
         position_ids = torch.arange(s, device=tokens.device).unsqueeze(0).expand(b, -1)
@@ -144,16 +153,18 @@ class PolicyModel:
         logits/hidden are [b, s, ·], or [1, T, ·] for the packed row of `packed`."""
         g = self.groups
         row_tokens = tokens if packed is None else packed.tokens
-        labels = row_tokens[:, 1:]
+        # Position t predicts token t+1. All positions go in (a slice logits[:, :-1] would be copied);
+        # the last one's label is a wrap-around placeholder and its outputs are dropped (zero gradient).
+        labels = torch.roll(row_tokens, -1, dims=1)
         local_v = logits.shape[-1]
         if self.temperature != 1.0:  # in the logits' dtype, like verl (an fp32 copy would double the memory)
             logits = logits / self.temperature
         logp, ent = vocab_parallel_logprobs_entropy(
-            logits[:, :-1], labels, g.tp_rank * local_v, self.valid_vocab, g.tp if g.tp_size > 1 else None
+            logits, labels, g.tp_rank * local_v, self.valid_vocab, g.tp if g.tp_size > 1 else None
         )
         zero = torch.zeros_like(logp[:, :1])
-        logprobs = torch.cat([zero, logp], dim=1)
-        entropy = torch.cat([zero, ent], dim=1)
+        logprobs = torch.cat([zero, logp[:, :-1]], dim=1)
+        entropy = torch.cat([zero, ent[:, :-1]], dim=1)
         if self.config.sequence_parallel:
             from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
 

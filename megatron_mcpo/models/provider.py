@@ -2,7 +2,8 @@
 
 RMSNorm, SwiGLU, GQA, RoPE with the model's theta (and Llama-3 rope scaling), QKV bias (Qwen2),
 QK-norm (Qwen3), optionally tied embeddings. The local layer spec on CPU; the Transformer Engine
-spec on GPU when TE imports (FP8 needs it).
+spec on GPU when TE imports (FP8 needs it). The local spec's core attention is torch SDPA
+(models/attention.py) unless model.attention_backend=local asks for megatron's unfused one.
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def rope_settings(hf: dict) -> tuple[float, Optional[float]]:
 
 
 def use_transformer_engine(model: ModelConfig) -> bool:
+    if model.attention_backend != "auto":  # an explicit local-spec attention (validate() checks the combination)
+        return False
     if model.transformer_impl == "local" or not torch.cuda.is_available():
         return False
     if model.transformer_impl == "transformer_engine":
@@ -89,8 +92,10 @@ def transformer_config_from_hf(hf: dict, model: ModelConfig, parallel: ParallelC
         pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
         bf16=bf16,
         use_cpu_initialization=on_cpu,
-        # Fused kernels are CUDA-only; the unfused paths are exact.
-        bias_activation_fusion=False,
+        # Fused kernels are CUDA-only; the unfused paths are exact. SwiGLU's fusion is megatron's
+        # torch.compile'd kernel (no TE/apex; it saves only the fc1 output for backward); the RoPE and
+        # softmax fusions need TE/apex, and the SDPA core attention needs no softmax fusion.
+        bias_activation_fusion=not on_cpu,
         masked_softmax_fusion=False,
         bias_dropout_fusion=False,
         apply_rope_fusion=False,
@@ -134,6 +139,10 @@ def build_gpt_model(
         spec = get_gpt_layer_with_transformer_engine_spec(qk_layernorm=config.qk_layernorm)
     else:
         spec = get_gpt_layer_local_spec(qk_layernorm=config.qk_layernorm, normalization="RMSNorm")
+        if model.attention_backend != "local":
+            from megatron_mcpo.models.attention import with_sdpa_core_attention
+
+            spec = with_sdpa_core_attention(spec)
     if pre_process is None:
         pre_process = ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
     if post_process is None:
