@@ -86,7 +86,7 @@ def optimizer_state_tensors(optimizer, model_chunks: list) -> list[torch.Tensor]
     for opt in inner:
         found += [p for g in opt.param_groups for p in g["params"]]
         found += [v for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
-    return [t for t in found if t.device.type != "cpu" and t.untyped_storage().data_ptr() not in model]
+    return [t for t in found if t.untyped_storage().data_ptr() not in model]
 
 
 class ColocatedMemory:
