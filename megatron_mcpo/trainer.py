@@ -73,12 +73,14 @@ class Trainer:
     # ------------------------------------------------------------------ the step
     def rl_step(self) -> dict:
         cfg, g, t = self.cfg, self.groups, {}
-        tic = time.perf_counter()
+        tic = step_tic = time.perf_counter()  # time/step = the sum of the time/<phase> keys (+ bookkeeping)
         rollouts, gen_metrics = self.generate_and_score()                        # rollout/ + rewards/
         t["time/rollout"] = time.perf_counter() - tic
+        tic = time.perf_counter()
         if self.memory is not None:                                               # colocated: engine sleeps
             gen_metrics.update(self.memory.to_training())
         batch = self.make_train_batch(rollouts)                                   # advantages, tokens, masks
+        t["time/make_batch"] = time.perf_counter() - tic
         tic = time.perf_counter()
         old, mismatch = self.old_logprobs(batch)                                  # forward-only pass
         batch.update(old)
@@ -109,6 +111,7 @@ class Trainer:
         t["time/refit"] = time.perf_counter() - tic
         out = {k: sum(v) / len(v) for k, v in metrics.items()}
         self.rl_steps += 1
+        t["time/step"] = time.perf_counter() - step_tic
         out.update(gen_metrics, **mismatch, **t, **refit_stats, step=self.rl_steps, optimizer_steps=self.state.step)
         return out
 
@@ -157,24 +160,21 @@ class Trainer:
         """The replica's rollouts and reward results, in record order: its engines (rollout/placement.py)
         each generate for records[k::K], every worker of an engine taking part (vLLM SPMD); the leaders
         score, and the model-parallel group gathers the parts."""
+        from megatron_mcpo.rollout.placement import engine_share, merge_engine_shares
+
         pl, n = self.placement, self.cfg.rollout.n
-        mine = records[pl.engine_index :: pl.engines_per_replica]
-        part = None
-        if self.engine is not None:
-            part = self._rollouts_on_engine(mine, uid_base, score=pl.engine_leader)
+        part = self._rollouts_on_engine(engine_share(records, pl), uid_base, pl.engine_leader) if self.engine is not None else None
         if self.groups.tp_size * self.groups.pp_size * self.groups.cp_size == 1:
             return part
         from megatron.core import parallel_state as ps
 
-        parts: list = [None] * dist.get_world_size(ps.get_model_parallel_group())
-        dist.all_gather_object(parts, (pl.engine_index, part if pl.engine_leader else None), group=ps.get_model_parallel_group())
-        by_engine = {k: p for k, p in parts if p is not None}
-        rollouts, results = [], []
-        for i in range(len(records)):  # back to record order: record i is engine i % K's (i // K)-th
-            k, j = i % pl.engines_per_replica, i // pl.engines_per_replica
-            rollouts += by_engine[k][0][j * n : (j + 1) * n]
-            results += by_engine[k][1][j * n : (j + 1) * n]
-        return rollouts, results
+        mp = ps.get_model_parallel_group()
+        parts: list = [None] * dist.get_world_size(mp)
+        dist.all_gather_object(parts, (pl.engine_index, part if pl.engine_leader else None), group=mp)
+        shares = {k: p for k, p in parts if p is not None}
+        K = pl.engines_per_replica
+        return (merge_engine_shares({k: p[0] for k, p in shares.items()}, len(records), K, n),
+                merge_engine_shares({k: p[1] for k, p in shares.items()}, len(records), K, n))
 
     def _rollouts_on_engine(self, records, uid_base, score: bool = True):
         from megatron_mcpo.rollout.engine import SamplingSpec

@@ -121,3 +121,18 @@ def _dedicated(world, tp, cp, dp, rtp, on_gpu, gpus_per_node, dedicated) -> list
             colocated=False,
         ))
     return out
+
+
+def engine_share(records: list, placement: RankPlacement) -> list:
+    """The records of a replica's batch that this rank's engine generates for: every K-th, K engines."""
+    return records[placement.engine_index :: placement.engines_per_replica]
+
+
+def merge_engine_shares(shares: dict[int, list], num_records: int, engines: int, n: int) -> list:
+    """Back to record order: engine k's share holds n items per record of `engine_share` (record i is
+    engine i % K's (i // K)-th); returns the n items of record 0, then of record 1, ..."""
+    out = []
+    for i in range(num_records):
+        j = i // engines
+        out += shares[i % engines][j * n : (j + 1) * n]
+    return out

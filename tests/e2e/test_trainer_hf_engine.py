@@ -48,8 +48,34 @@ def test_loop_with_hf_engine_refit_checkpoint_resume(tmp_path):
         assert m["reward/all/count"] == 4
         # step 1 samples from the initial weights, steps 2 and 3 from refit ones (3: after the resume's refit)
         assert m["rollout/logprob_abs_diff_max"] < 1e-4, (m["step"], m["rollout/logprob_abs_diff_max"])
+        # every phase is timed: the phases account for the step (bookkeeping between them is small)
+        phases = sum(v for k, v in m.items() if k.startswith("time/") and k != "time/step")
+        assert 0.9 * m["time/step"] <= phases <= m["time/step"], (phases, m["time/step"])
     # the refits carried real updates (Adam, lr 1e-2: the engine's log-probs of a fixed sequence move), and
     # the resumed engine starts from the checkpoint's weights, not the initial ones
     before, after = first["probe"]
     assert max(abs(a - b) for a, b in zip(before, after)) > 1e-3
     assert max(abs(a - b) for a, b in zip(second["probe"][0], after)) < 1e-5
+
+
+def _run_tp2(rank, out):
+    from megatron_mcpo.config import load_config
+    from megatron_mcpo.trainer import Trainer
+
+    cfg = load_config("examples/configs/tiny_cpu.yaml", OVERRIDES + [
+        "parallel.tp=2", "run.total_steps=1", f"run.output_dir={out}", f"logging.log_dir={out}/logs"])
+    trainer = Trainer(cfg)
+    try:
+        return {"engine": trainer.engine is not None, "history": trainer.train()}
+    finally:
+        trainer.close()
+
+
+def test_hf_engine_with_tensor_parallel_training(tmp_path):
+    """TP2 on 2 CPU ranks: one engine (tp rank 0) serves the replica, both ranks train on its rollouts."""
+    a, b = run_distributed(_run_tp2, world_size=2, timeout=600, out=str(tmp_path))
+    assert (a["engine"], b["engine"]) == (True, False)
+    (ma,), (mb,) = a["history"], b["history"]
+    assert ma["rollout/logprob_abs_diff_max"] < 1e-4 and ma["reward/all/count"] == mb["reward/all/count"] == 4
+    for key in ("grad_norm", "pg_loss", "rollout/logprob_abs_diff_max", "rollout/response_length_mean"):
+        assert ma[key] == mb[key], key

@@ -103,3 +103,16 @@ def test_example_8xh200_configs_place_colocated(path, monkeypatch):
     r, p = cfg.rollout, cfg.parallel
     plan = plan_placement(8, p.tp, p.pp, p.cp, r.tp, r.placement, True, r.gpus_per_node, r.dedicated_gpus_per_node, r.engine)
     assert all(x.colocated for x in plan) and len({x.engine_id for x in plan}) == 8 // r.tp
+
+
+def test_engine_shares_split_and_merge_back_in_record_order():
+    """4 engines in a replica (TP4, rollout TP1), 7 records, n=2: engine k generates for records k, k+4;
+    merging their outputs restores record order."""
+    from megatron_mcpo.rollout.placement import engine_share, merge_engine_shares
+
+    plan = plan_placement(4, tp=4, pp=1, cp=1, rollout_tp=1, placement="colocated", on_gpu=True)
+    records = list("abcdefg")
+    shares = {p.engine_index: [f"{r}{s}" for r in engine_share(records, p) for s in range(2)] for p in plan}
+    assert engine_share(records, plan[1]) == ["b", "f"] and engine_share(records, plan[3]) == ["d"]
+    merged = merge_engine_shares(shares, len(records), 4, 2)
+    assert merged == [f"{r}{s}" for r in records for s in range(2)]
