@@ -2,8 +2,9 @@
 (GRPO/DAPO policy loss + λ·MCPO over the whole mini-batch pool) → refit → next step.
 
 `Trainer.rl_step` is the table of contents of the system. One SPMD program: every rank holds its
-Megatron shard; the first tensor/pipeline rank of each data-parallel replica owns a rollout engine and
-shares its rollouts with the rest of its model-parallel group.
+Megatron shard; rollout engines sit where rollout/placement.py puts them (colocated: a worker in every
+rank; dedicated: one per data-parallel replica, driven by its first rank), and each replica's engines
+share their rollouts with the rest of its model-parallel group.
 """
 from __future__ import annotations
 
