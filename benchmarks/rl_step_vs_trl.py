@@ -3,7 +3,7 @@
 Workload: the tiny Qwen3 (hidden 128, 2 layers, fp32, our local tokenizer), 16 math prompts of the
 synthetic suite (chat messages, the same chat template) x 8 samples, 48 new tokens, temperature 1,
 lr 1e-5, one optimizer step per RL step, no KL, token-mean loss (TRL's loss_type "dapo").
-TRL keeps its defaults otherwise (gradient checkpointing on, plain HF generate); it runs in its own
+TRL keeps its defaults otherwise (gradient checkpointing on, plain HF generate) but fp32 (bf16=False); it runs in its own
 environment (.venv-trl: `python -m venv .venv-trl && .venv-trl/bin/pip install -c constraints/trl.txt
 torch trl`), this script re-invoking itself there with --trl-worker. Its reward is a cheap string check
 (ours: the math verifier, which scores these random-model answers 0 just as fast).
@@ -55,7 +55,7 @@ def trl_worker(model_dir: str, prompts_file: str, steps: int, out: str) -> None:
         output_dir=os.path.join(os.path.dirname(out), "trl_out"), per_device_train_batch_size=PROMPTS * N,
         gradient_accumulation_steps=1, num_generations=N, max_completion_length=NEW_TOKENS, temperature=1.0,
         learning_rate=LR, loss_type="dapo", beta=0.0, max_steps=steps, logging_steps=1, report_to="none",
-        use_cpu=True, save_strategy="no", seed=0, shuffle_dataset=False,
+        use_cpu=True, bf16=False, save_strategy="no", seed=0, shuffle_dataset=False,
     )
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=ds, processing_class=tok,
                           callbacks=[Clock()])
