@@ -11,8 +11,10 @@ PYTEST_ARGS ?=
 
 LAUNCH_VENV := .venv-launch
 LAUNCH_STAMP := $(LAUNCH_VENV)/.installed
+TRL_VENV := .venv-trl
+TRL_STAMP := $(TRL_VENV)/.installed
 
-.PHONY: venv launch-venv test demo bench clean
+.PHONY: venv launch-venv trl-venv test demo bench bench-trl clean
 
 venv: $(STAMP)
 
@@ -43,5 +45,16 @@ demo: venv
 bench: venv
 	$(PY) benchmarks/train_step.py
 
+# TRL's GRPOTrainer for benchmarks/rl_step_vs_trl.py, apart from the training environment.
+trl-venv: $(TRL_STAMP)
+
+$(TRL_STAMP): constraints/trl.txt
+	test -x $(TRL_VENV)/bin/python || $(PYTHON) -m venv $(TRL_VENV)
+	PIP_CONSTRAINT=constraints/trl.txt $(TRL_VENV)/bin/python -m pip install -q -c constraints/trl.txt torch trl
+	touch $(TRL_STAMP)
+
+bench-trl: venv trl-venv
+	$(PY) benchmarks/rl_step_vs_trl.py --engine hf
+
 clean:
-	rm -rf $(VENV) $(LAUNCH_VENV) outputs .pytest_cache
+	rm -rf $(VENV) $(LAUNCH_VENV) $(TRL_VENV) outputs .pytest_cache

