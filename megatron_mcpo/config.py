@@ -478,7 +478,6 @@ def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Opti
         _require(m.attention_backend == "auto", "model.fp8: FP8 needs the TE spec (model.attention_backend=auto)")
         _require(m.params_dtype == "bf16", "model.fp8: FP8 training expects model.params_dtype=bf16")
     _require(m.recompute_granularity is None or on_gpu, "model.recompute_granularity: activation recompute is GPU only")
-    _require(not m.sequence_packing or p.cp == 1, "model.sequence_packing: not supported with context parallel (parallel.cp > 1)")
 
     a = cfg.algorithm
     _require(a.clip_ratio_low >= 0, f"algorithm.clip_ratio_low: must be >= 0, got {a.clip_ratio_low}")

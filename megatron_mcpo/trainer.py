@@ -125,7 +125,6 @@ class Trainer:
         counted over all replicas (verl's recipe), and the kept groups are then shared out evenly."""
         cfg, g = self.cfg, self.groups
         a = cfg.algorithm.resolved()
-        n = cfg.rollout.n
         metrics = {}
         if not a.dynamic_sampling:
             kept, all_results = self._generate_round(a.train_batch_prompts)
