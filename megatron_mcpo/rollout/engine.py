@@ -14,6 +14,10 @@ import torch
 Prompt = Union[list[int], str, list[dict]]
 
 
+class EngineDiedError(RuntimeError):
+    """A rollout engine died or hung; the message names it. The run cannot continue on this rank."""
+
+
 @dataclass
 class SamplingSpec:
     n: int = 1
