@@ -379,9 +379,9 @@ class Trainer:
             return
         with open(log_path, "a") as f:
             f.write(json.dumps(metrics) + "\n")
-        keys = ("step", "reward/all/acc", "eval/all/acc", "pg_loss", "mcpo/loss_cl", "grad_norm", "lr",
+        keys = ("step", "reward/all/acc", "eval/all/acc", "pg_loss", "mcpo/loss_cl", "grad_norm",
                 "rollout/logprob_abs_diff_max", "reward/scorer_errors")
-        line = [f"{k}={metrics[k]:.4g}" for k in keys if k in metrics and k != "lr"]
+        line = [f"{k}={metrics[k]:.4g}" for k in keys if k in metrics]
         line += [f"lr={metrics['lr']:.3g}"] if "lr" in metrics else []
         phases = [(k[5:], v) for k, v in metrics.items() if k.startswith("time/")]  # rollout, old_logprob, ..., refit
         line.append("time[s] " + " ".join(f"{k}={v:.3g}" for k, v in phases))

@@ -104,13 +104,17 @@ class VLLMEngine:
 
         import psutil
 
+        from megatron_mcpo.rollout.engine_process import register_plugin
+
+        register_plugin()  # engine processes: die with this one, ignore job-wide SIGTERM/SIGINT
+
         me = psutil.Process()
         before = {p.pid for p in me.children(recursive=True)}
         self.llm = LLM(
             model=model_dir, tokenizer=model_dir, seed=seed, dtype=_DTYPES[dtype],
             gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, max_model_len=max_model_len,
             tensor_parallel_size=tensor_parallel_size, logprobs_mode=logprobs_mode,
-            worker_extension_cls="megatron_mcpo.rollout.vllm_worker.WorkerExtension", **kwargs,
+            worker_extension_cls=f"{__name__}.RefitWorkerExtension", **kwargs,
         )
         # The engine's own processes (engine core, workers), watched while a call waits on them.
         self._procs = [p for p in me.children(recursive=True)

