@@ -107,10 +107,8 @@ def engine_memory_gib(hf_config: dict, max_model_len: int, dtype_bytes: int) -> 
 def check_cpu_engine_memory(cfg: Config, hf_config: dict) -> None:
     """On CPU, rollout.gpu_memory_utilization is the share of host RAM an engine may hold, weights and
     runtime included: too small a share fails only after the engine loaded, in vLLM's own words."""
-    import psutil
-
     r = cfg.rollout
-    total = psutil.virtual_memory().total / 2**30
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     need = engine_memory_gib(hf_config, r.max_prompt_length + r.max_response_length,
                              4 if cfg.model.params_dtype == "fp32" else 2)
     if r.gpu_memory_utilization * total < need:
