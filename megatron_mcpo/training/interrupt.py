@@ -53,7 +53,9 @@ class StopRequest:
 
     def agreed(self, group=None) -> Optional[int]:
         """The signal any rank received (collective): every rank stops after the same step."""
-        flag = torch.tensor([self.signum or 0])
-        if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
-        return int(flag) or None
+        if not dist.is_initialized():
+            return self.signum
+        on_gpu = dist.get_backend(group) == "nccl"  # NCCL reduces CUDA tensors only
+        flag = torch.tensor([self.signum or 0], device=torch.cuda.current_device() if on_gpu else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+        return int(flag.item()) or None
