@@ -300,11 +300,15 @@ class VLLMEngine:
     def shutdown(self) -> None:
         # The engine's processes ignore SIGTERM (vllm_worker.py), which vLLM's own shutdown sends first:
         # they are killed outright (they hold nothing to save), then vLLM cleans up its side.
-        for p in getattr(self, "_procs", []):
+        import psutil
+
+        procs = getattr(self, "_procs", [])
+        for p in procs:
             try:
                 p.kill()
-            except Exception:  # gone already
+            except psutil.Error:  # gone already
                 pass
+        psutil.wait_procs(procs, timeout=30)  # their memory is free once this returns
         engine = getattr(self, "llm", None)
         if engine is not None:
             core = getattr(engine.llm_engine, "engine_core", None)

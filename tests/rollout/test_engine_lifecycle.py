@@ -51,7 +51,7 @@ CHILD = """
 import sys
 from megatron_mcpo.rollout.vllm_engine import VLLMEngine
 eng = VLLMEngine(sys.argv[1], seed=0, dtype="fp32", gpu_memory_utilization=0.1, max_model_len=128)
-print(" ".join(str(p.pid) for p in eng._procs), flush=True)
+print("PIDS", *(p.pid for p in eng._procs), flush=True)
 sys.stdin.read()
 """
 
@@ -62,7 +62,11 @@ def test_engine_dies_with_its_trainer(tiny_dirs):
     proc = subprocess.Popen([sys.executable, "-c", CHILD, tiny_dirs["qwen3"]], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, env=env)
     try:
-        pids = [int(p) for p in proc.stdout.readline().split()]
+        line = ""
+        while not line.startswith("PIDS"):  # vLLM logs to stdout too
+            line = proc.stdout.readline()
+            assert line, "the child exited before starting its engine"
+        pids = [int(p) for p in line.split()[1:]]
         assert pids and all(psutil.pid_exists(p) for p in pids)
     finally:
         proc.kill()
