@@ -31,25 +31,36 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _expected_errors() -> tuple:
+    """Errors that are the input's fault (config, data, checkpoint): one line and exit code 2, no traceback."""
+    from megatron_mcpo.data.dataset import DataError
+    from megatron_mcpo.training.ckpt_files import CheckpointError
+
+    return ConfigError, DataError, CheckpointError, FileNotFoundError
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
+        # Everything that can be checked is, before torch.distributed or a model exists.
+        validate(cfg, world_size=args.world_size if args.command == "validate" else int(os.environ.get("WORLD_SIZE", "1")))
         if args.command == "validate":
-            validate(cfg, world_size=args.world_size)
             print(f"config OK ({args.config or 'defaults'})")
             return 0
-    except (ConfigError, FileNotFoundError) as e:
+    except _expected_errors() as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     import torch.distributed as dist
 
+    from megatron_mcpo.rollout.engine import EngineDiedError
     from megatron_mcpo.trainer import Trainer
+    from megatron_mcpo.training.interrupt import TrainingInterrupted
 
     try:
         trainer = Trainer(cfg)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
+    except _expected_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     try:
         if args.command == "eval":
@@ -63,12 +74,21 @@ def main(argv=None) -> int:
             nll = sft_warm_start(trainer, args.sft_steps)
             print(f"supervised warm start: {args.sft_steps} steps, NLL {nll[0]:.3f} -> {nll[-1]:.3f}", flush=True)
         history = trainer.train()
+    except TrainingInterrupted as e:
+        print(str(e), file=sys.stderr, flush=True)
+        return e.exit_code
+    except EngineDiedError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    except _expected_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     finally:
         trainer.close()
 
     if history and (not dist.is_initialized() or dist.get_rank() == 0):
         last = history[-1]
-        print("final:", {k: round(v, 4) for k, v in last.items() if isinstance(v, float) and "/" not in k})
+        print("final:", " ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float) and "/" not in k))
         if args.command == "demo":
             from megatron_mcpo.demo import held_out_table
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -93,6 +94,9 @@ class RolloutConfig:
     offload_grad_buffers: bool = False
     offload_optimizer_states: bool = False
     max_num_seqs: int = 256  # HF engine: sequences decoded at once (prompts are batched up to this many rows)
+    # Longest a generate/score/refit call may take before the engine is declared hung (0 = no limit);
+    # a dead engine process is detected within seconds regardless.
+    engine_timeout_s: float = 3600.0
 
 
 @dataclass
@@ -253,8 +257,12 @@ class OptimizerConfig:
 @dataclass
 class CheckpointConfig:
     save_dir: Optional[str] = None
-    load_dir: Optional[str] = None
-    save_interval: int = 0  # steps; 0 = only at the end
+    load_dir: Optional[str] = None  # resume from here (its latest checkpoint); must hold one if set
+    # auto: resume from load_dir, else from save_dir's latest checkpoint if any; required: the same, but
+    # finding none is an error; never: start fresh (a save_dir holding checkpoints then needs overwrite).
+    resume: Literal["auto", "never", "required"] = "auto"
+    overwrite: bool = False  # allow writing into a save_dir that holds another run's checkpoints
+    save_interval: int = 50  # RL steps between saves (and at the end, and on SIGTERM/SIGINT); 0 = only those
 
 
 @dataclass
@@ -395,6 +403,12 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
                 data = yaml.safe_load(f) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        except IsADirectoryError:
+            raise ConfigError(f"--config: '{path}' is a directory, not a YAML file") from None
+        except FileNotFoundError:
+            raise ConfigError(f"--config: '{path}' does not exist") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--config: cannot read '{path}' as YAML ({e})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     for item in overrides or []:
@@ -438,9 +452,11 @@ def _require(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
-def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Optional[bool] = None) -> Config:
+def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Optional[bool] = None,
+             check_files: bool = True) -> Config:
     """Check the whole config; raise ConfigError naming the field. Touches no process group or GPU
-    beyond `torch.cuda.is_available()` when `cuda_available` is not given."""
+    beyond `torch.cuda.is_available()` when `cuda_available` is not given. `check_files`: also the
+    data files, model directory, checkpoints and the CPU engine's memory share (preflight.py)."""
     if cuda_available is None:
         import torch
 
@@ -465,6 +481,7 @@ def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Opti
     # Nothing slices the sequence per CP rank yet: every CP rank would compute the whole loss (gradient cp× too large).
     _require(p.cp == 1, "parallel.cp: context parallel > 1 is not supported yet (the loss is not sharded over the sequence)")
     if world_size is not None:
+        _require(world_size >= 1, f"world size: must be >= 1, got {world_size}")
         mp = p.tp * p.pp * p.cp
         _require(world_size % mp == 0, f"parallel: tp*pp*cp={mp} does not divide the world size {world_size}")
 
@@ -483,6 +500,7 @@ def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Opti
     _require(a.clip_ratio_low >= 0, f"algorithm.clip_ratio_low: must be >= 0, got {a.clip_ratio_low}")
     _require(a.clip_ratio_high is None or a.clip_ratio_high >= 0, "algorithm.clip_ratio_high: must be >= 0")
     _require(a.clip_ratio_c > 1, f"algorithm.clip_ratio_c: must be > 1, got {a.clip_ratio_c}")
+    _require(a.train_batch_prompts >= 1, f"algorithm.train_batch_prompts: must be >= 1, got {a.train_batch_prompts}")
     _require(a.mini_batch_prompts >= 1, "algorithm.mini_batch_prompts: must be >= 1")
     _require(
         a.train_batch_prompts % a.mini_batch_prompts == 0,
@@ -530,6 +548,9 @@ def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Opti
     _require(r.n >= 1, "rollout.n: must be >= 1")
     # Training log-probs are those of the sampling distribution softmax(logits / T).
     _require(r.temperature > 0, "rollout.temperature: must be > 0 (training log-probs use softmax(logits / T))")
+    _require(r.max_prompt_length >= 1, f"rollout.max_prompt_length: must be >= 1, got {r.max_prompt_length}")
+    _require(r.max_response_length >= 1, f"rollout.max_response_length: must be >= 1, got {r.max_response_length}")
+    _require(r.engine_timeout_s >= 0, f"rollout.engine_timeout_s: must be >= 0, got {r.engine_timeout_s}")
     _require(0 < r.top_p <= 1, "rollout.top_p: must be in (0, 1]")
     _require(0 < r.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization: must be in (0, 1]")
     _require(r.tp == 1 or on_gpu, "rollout.tp: vLLM tensor parallel > 1 is GPU only")
@@ -549,6 +570,8 @@ def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Opti
     _require(e.every >= 0, f"eval.every: must be >= 0, got {e.every}")
     _require(e.n >= 1, f"eval.n: must be >= 1, got {e.n}")
     _require(e.temperature >= 0, f"eval.temperature: must be >= 0, got {e.temperature}")
+    _require(e.temperature > 0 or e.n == 1, f"eval.n: {e.n} samples per prompt need eval.temperature > 0 "
+             "(0 is greedy: every sample would be the same)")
     _require(0 < e.top_p <= 1, "eval.top_p: must be in (0, 1]")
     _require(e.prompts_per_domain >= 1, "eval.prompts_per_domain: must be >= 1")
     _require(cfg.data.synthetic_per_domain >= 1, "data.synthetic_per_domain: must be >= 1")
@@ -570,4 +593,9 @@ def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Opti
         _require(len(w) == len(cfg.data.domains),
                  f"data.domain_weights: {len(w)} weights for {len(cfg.data.domains)} data.domains {cfg.data.domains}")
         _require(min(w) >= 0 and sum(w) > 0, f"data.domain_weights: must be >= 0 with a positive sum, got {w}")
+    if check_files:
+        from megatron_mcpo.preflight import check_inputs
+
+        for warning in check_inputs(cfg, hf, on_gpu):
+            print(f"warning: {warning}", file=sys.stderr)
     return cfg

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections import Counter
 
@@ -20,17 +21,27 @@ from megatron_mcpo.algorithms.dapo import overlong_penalty
 from megatron_mcpo.algorithms.rollout_correction import correction_kwargs, reduce_correction_metrics, rollout_correction
 from megatron_mcpo.config import Config, read_hf_config, validate
 from megatron_mcpo.data.batch import Rollout, build_train_batch
-from megatron_mcpo.data.dataset import PromptSampler, load_jsonl, record_domain, score_item
+from megatron_mcpo.data.dataset import PromptSampler, load_jsonl, plain_prompt_warning, record_domain, score_item
 from megatron_mcpo.data.synthetic import synthetic_suite
 from megatron_mcpo.distributed import broadcast_object, init_distributed
 from megatron_mcpo.models.projection import ProjectionHead, ProjectionTrainer
-from megatron_mcpo.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from megatron_mcpo.training.checkpoint import load_checkpoint, save_checkpoint
+from megatron_mcpo.training.ckpt_files import LATEST, check_run_info, model_identity, resume_source
 from megatron_mcpo.training.dynamic_sampling import dynamic_sampling_rounds
+from megatron_mcpo.training.interrupt import StopRequest, TrainingInterrupted
 from megatron_mcpo.training.minibatch import global_counts, train_minibatch
 from megatron_mcpo.training.optimizer import setup_train_state
 from megatron_mcpo.training.train_step import concat_outputs, forward_outputs, split_microbatches
 
 PROMPT_UID_STRIDE = 1_000_000  # prompt ids = generation batch * stride + global prompt index: unique everywhere
+SAMPLES_LOGGED = 3  # (prompt, response, score) examples per step in the metrics log
+
+
+def _prompt_text(prompt) -> str:
+    """A prompt for the log: its last message's content if it is a chat."""
+    if isinstance(prompt, list) and prompt and isinstance(prompt[-1], dict):
+        return str(prompt[-1].get("content", ""))
+    return prompt if isinstance(prompt, str) else str(prompt)[:200]
 
 
 class Trainer:
@@ -71,6 +82,8 @@ class Trainer:
         self._eval_records = None  # loaded at the first evaluation
         self.gen_batches = 0
         self.rl_steps = 0
+        self._saved_step, self._saved_path = None, None  # the last checkpoint written or loaded
+        self._samples: list[dict] = []  # a few of the last step's (prompt, response, score), for the log
         self._maybe_resume()
 
     # ------------------------------------------------------------------ the step
@@ -197,6 +210,8 @@ class Trainer:
         from megatron_mcpo.rollout.engine import SamplingSpec
 
         cfg = self.cfg
+        # Reproducible per (run seed, replica, generation batch, prompt, sample): a resumed run repeats.
+        self.engine.set_sampling_seed(cfg.rollout.seed * 1_000_003 + self.groups.dp_rank * 7919 + uid_base)
         samples = self.engine.generate([rec["prompt"] for _, rec in records], SamplingSpec.from_rollout_config(cfg.rollout))
         rollouts, items = [], []
         for (index, rec), group in zip(records, samples):
@@ -206,7 +221,11 @@ class Trainer:
                 items.append(score_item(rec, s.text))
         if not score:
             return rollouts, None
-        results = self.scorer.score_batch(items)
+        results = self.scorer.score_batch(items, errors="zero")
+        self._note_scorer_errors(results)
+        self._samples = [{"prompt": _prompt_text(rec["prompt"]), "response": group[0].text,
+                          "score": float(results[k * cfg.rollout.n]["score"])}
+                         for k, ((_, rec), group) in enumerate(zip(records[:SAMPLES_LOGGED], samples))]
         for r, res in zip(rollouts, results):
             r.score, r.acc = float(res["score"]), float(bool(res["acc"]))
         return rollouts, results
@@ -257,6 +276,8 @@ class Trainer:
             self._eval_records = self._load_records(e.files, cfg.data.seed + 1, e.prompts_per_domain, "heldout")
         sampling = SamplingSpec(n=e.n, temperature=e.temperature, top_p=e.top_p, stop=list(cfg.rollout.stop),
                                 max_tokens=e.max_response_length or cfg.rollout.max_response_length)
+        if self.engine is not None:  # the same answers for the same weights, whenever evaluated
+            self.engine.set_sampling_seed(cfg.rollout.seed * 1_000_003 + g.dp_rank * 7919 + 999_999_937)
         tic = time.perf_counter()
         metrics = evaluate(self.engine, self.scorer, self._eval_records, sampling, g.dp, g.dp_rank, g.dp_size)
         metrics["time/eval"] = time.perf_counter() - tic
@@ -317,6 +338,9 @@ class Trainer:
         """JSONL records of `files` (else the synthetic suite's `split`) in data.domains whose prompt fits."""
         d = self.cfg.data
         records = [rec for f in files for rec in load_jsonl(f)] if files else synthetic_suite(synthetic_per_domain, d.domains, synthetic_seed, split)
+        warning = plain_prompt_warning(records, files) if files else None
+        if warning and self.groups.world_rank == 0:
+            print(f"warning: {warning}", flush=True)
         records = [rec for rec in records if record_domain(rec) in d.domains]
         if self.engine is not None:  # prompts that cannot fit are dropped up front (and said so), never mid-run
             limit = self.cfg.rollout.max_prompt_length
@@ -332,17 +356,34 @@ class Trainer:
                              f"{self.cfg.rollout.max_prompt_length} in data.domains={d.domains}")
         return records
 
+    def _projector_sizes(self):
+        m = self.cfg.mcpo
+        return {"proj_dim": m.proj_dim, "proj_hidden_dim": m.proj_hidden_dim} if self.cfg.algorithm.is_mcpo else None
+
     def _maybe_resume(self) -> None:
+        """Continue from checkpoint.load_dir or save_dir per checkpoint.resume (ckpt_files.resume_source)."""
         c = self.cfg.checkpoint
-        path = latest_checkpoint(c.load_dir) if c.load_dir else None
+        path = resume_source(c)
+        if c.overwrite and c.save_dir and (path is None or os.path.dirname(os.path.abspath(path)) != os.path.abspath(c.save_dir)):
+            marker = os.path.join(c.save_dir, LATEST)  # the old run's: never resume it by accident now
+            if dist.get_rank() == 0 and os.path.isfile(marker):
+                os.remove(marker)
         if path is None:
             return
+        check_run_info(path, self.hf_config, self._projector_sizes(), self.cfg.model.hf_path)
         common = load_checkpoint(self.state, path)
         self.sampler.load_state_dict(common["sampler"])
         self.gen_batches = int(common["gen_batches"])
-        self.rl_steps = int(common["rl_steps"])
+        self.rl_steps = self._saved_step = int(common["rl_steps"])
+        self._saved_path = path
+        head = os.path.join(path, "projector.pt")
         if self.projector is not None:
-            self.projector.load_state_dict(torch.load(os.path.join(path, "projector.pt"), weights_only=False))
+            if os.path.isfile(head):
+                self.projector.load_state_dict(torch.load(head, weights_only=False))
+            elif self.groups.world_rank == 0:
+                print(f"checkpoint: {path} has no MCPO projection head (saved without MCPO): starting a new one", flush=True)
+        if self.groups.world_rank == 0:
+            print(f"checkpoint: resumed from {path} (RL step {self.rl_steps})", flush=True)
         self.refit()  # the engine still holds the initial weights
 
     def save(self) -> str:
@@ -354,33 +395,49 @@ class Trainer:
             os.makedirs(c.save_dir, exist_ok=True)
             write_hf_metadata(c.save_dir, self.hf_dir, self.cfg.model.params_dtype)
         common = {"sampler": self.sampler.state_dict(), "gen_batches": self.gen_batches, "rl_steps": self.rl_steps}
-        path = save_checkpoint(self.state, c.save_dir, common)
         g = self.groups
-        if self.projector is not None and g.dp_rank == 0 and g.tp_rank == 0:
-            torch.save(self.projector.state_dict(), os.path.join(path, "projector.pt"))
-        dist.barrier()
+
+        def save_projector(path):  # before the checksums and the latest marker
+            if self.projector is not None and g.dp_rank == 0 and g.tp_rank == 0:
+                torch.save(self.projector.state_dict(), os.path.join(path, "projector.pt"))
+
+        info = {"model": model_identity(self.hf_config), "model_name": self.cfg.model.hf_path,
+                "algorithm": self.cfg.algorithm.name, "projector": self._projector_sizes(), "rl_steps": self.rl_steps}
+        path = save_checkpoint(self.state, c.save_dir, common, extra=save_projector, run_info=info)
+        self._saved_step, self._saved_path = self.rl_steps, path
         return path
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> list[dict]:
+        """Run to run.total_steps, saving every checkpoint.save_interval steps and at the end. SIGTERM or
+        SIGINT (interrupt.py) finishes the current step, saves and raises TrainingInterrupted."""
         cfg = self.cfg
         log_path = os.path.join(cfg.logging.log_dir, f"{cfg.run.name}.jsonl")
         if dist.get_rank() == 0:
             os.makedirs(cfg.logging.log_dir, exist_ok=True)
         history = []
-        if cfg.eval.before_train:
-            history.append({"step": self.rl_steps, **self.evaluate()})
-            self._log(log_path, history[-1])
-        while self.rl_steps < cfg.run.total_steps:
-            metrics = self.rl_step()
-            e = cfg.eval.every
-            if e and (self.rl_steps % e == 0 or self.rl_steps == cfg.run.total_steps):
-                metrics.update(self.evaluate())
-            history.append(metrics)
-            self._log(log_path, metrics)
-            if cfg.checkpoint.save_dir and cfg.checkpoint.save_interval and self.rl_steps % cfg.checkpoint.save_interval == 0:
-                self.save()
-        if cfg.checkpoint.save_dir:
+        c = cfg.checkpoint
+        with StopRequest() as stop:
+            if cfg.eval.before_train:
+                history.append({"step": self.rl_steps, **self.evaluate()})
+                self._log(log_path, history[-1])
+            while self.rl_steps < cfg.run.total_steps:
+                metrics = self.rl_step()
+                e = cfg.eval.every
+                if e and (self.rl_steps % e == 0 or self.rl_steps == cfg.run.total_steps):
+                    metrics.update(self.evaluate())
+                if self._samples:
+                    metrics["samples"] = self._samples
+                history.append(metrics)
+                self._log(log_path, metrics)
+                if c.save_dir and c.save_interval and self.rl_steps % c.save_interval == 0:
+                    self.save()
+                signum = stop.agreed()
+                if signum is not None:
+                    if c.save_dir and self._saved_step != self.rl_steps:
+                        self.save()
+                    raise TrainingInterrupted(signum, self._saved_path)
+        if c.save_dir and self._saved_step != self.rl_steps:
             self.save()
         return history
 
@@ -391,8 +448,19 @@ class Trainer:
         with open(log_path, "a") as f:
             f.write(json.dumps(metrics) + "\n")
         keys = ("step", "reward/all/acc", "eval/all/acc", "pg_loss", "mcpo/loss_cl", "grad_norm",
-                "rollout/logprob_abs_diff_max", "time/rollout", "time/train")
-        print(" ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics), flush=True)
+                "rollout/logprob_abs_diff_max", "reward/scorer_errors")
+        line = [f"{k}={metrics[k]:.4g}" for k in keys if k in metrics]
+        line += [f"lr={metrics['lr']:.3g}"] if "lr" in metrics else []
+        phases = [(k[5:], v) for k, v in metrics.items() if k.startswith("time/")]  # rollout, old_logprob, ..., refit
+        line.append("time[s] " + " ".join(f"{k}={v:.3g}" for k, v in phases))
+        print(" ".join(line), flush=True)
+
+    def _note_scorer_errors(self, results: list) -> None:
+        """A scorer error scores 0 (RewardScorer errors="zero"); say so, with the first message."""
+        errors = [r["error"] for r in results if "error" in r]
+        if errors:
+            print(f"warning: rewards: {len(errors)} of {len(results)} samples could not be scored and count as "
+                  f"incorrect (metric reward/scorer_errors); first: {errors[0]}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.scorer is not None:

@@ -14,7 +14,8 @@ def main(argv=None) -> int:
     p.add_argument("--out-dir", required=True, help="new (empty) output directory")
     p.add_argument("--tp", type=int, default=1, help="TP layout the chunks are cut for (checked against the model)")
     p.add_argument("--pp", type=int, default=1, help="PP size checked against the number of layers")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="bf16", help="stored dtype")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="stored dtype; match the run's model.params_dtype (default fp32, as training)")
     args = p.parse_args(argv)
     from megatron_mcpo.weights.dist_ckpt import convert_hf_to_megatron
 
@@ -23,7 +24,8 @@ def main(argv=None) -> int:
     except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {summary['family']} checkpoint ({summary['tensors']} tensors, {summary['dtype']}) to {args.out_dir}")
+    print(f"wrote {summary['family']} checkpoint ({summary['layers']} layers, {summary['tensors']} tensors stored as "
+          f"{summary['keys']} layer-stacked keys, {summary['dtype']}) to {args.out_dir}")
     return 0
 
 

@@ -10,32 +10,87 @@ from megatron_mcpo.domains import DOMAINS
 REQUIRED = ("prompt", "data_source", "reward_model")
 
 
+class DataError(ValueError):
+    """A data file or record that cannot be trained on, with its file and line."""
+
+
 def load_jsonl(path: str) -> list[dict]:
-    """Records of a verl-format JSONL file; a malformed line is an error naming file and line."""
+    """Records of a verl-format JSONL file; a malformed line or record is a DataError naming file and line."""
     records = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            missing = [k for k in REQUIRED if k not in rec]
-            if missing:
-                raise ValueError(f"{path}:{lineno}: record lacks {', '.join(missing)}")
-            if "ground_truth" not in rec["reward_model"]:
-                raise ValueError(f"{path}:{lineno}: reward_model has no ground_truth")
-            records.append(rec)
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                check_record(rec, f"{path}:{lineno}")
+                records.append(rec)
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a UTF-8 text JSONL file (binary data?)") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, not a JSONL file") from None
+    if not records:
+        raise DataError(f"{path}: holds no records (empty file)")
     return records
 
 
+def check_record(rec, where: str) -> None:
+    """A record has the verl fields, a known domain and a ground truth its domain's scorer accepts;
+    DataError at `where` (file:line) otherwise, so a bad record stops the run before it starts."""
+    if not isinstance(rec, dict):
+        raise DataError(f"{where}: a record is a JSON object, got {type(rec).__name__}")
+    missing = [k for k in REQUIRED if k not in rec]
+    if missing:
+        raise DataError(f"{where}: record lacks {', '.join(missing)}")
+    if not isinstance(rec["reward_model"], dict) or "ground_truth" not in rec["reward_model"]:
+        raise DataError(f"{where}: reward_model has no ground_truth")
+    prompt = rec["prompt"]
+    chat = isinstance(prompt, list) and prompt and all(isinstance(m, dict) and "content" in m for m in prompt)
+    if not (chat or (isinstance(prompt, str) and prompt.strip())):
+        raise DataError(f"{where}: prompt must be a non-empty string or a list of chat messages "
+                        f"({{\"role\": ..., \"content\": ...}}), got {str(prompt)[:80]!r}")
+    try:
+        domain = record_domain(rec)
+        from megatron_mcpo.rewards.scorer import check_ground_truth
+
+        check_ground_truth(domain, rec["reward_model"]["ground_truth"], rec.get("extra_info"))
+    except (ValueError, TypeError) as e:
+        raise DataError(f"{where}: {e}") from None
+
+
+def plain_prompt_warning(records: list[dict], source: str) -> str | None:
+    """A warning if prompts are plain strings: they are tokenized as they are, without the chat template."""
+    n = sum(isinstance(rec["prompt"], str) for rec in records)
+    if not n:
+        return None
+    return (f"data: {n} of {len(records)} prompts in {source} are plain strings: they are tokenized as-is, without "
+            f"the model's chat template; give prompt as [{{\"role\": \"user\", \"content\": ...}}] to use it")
+
+
 def record_domain(rec: dict) -> str:
-    """The record's domain: extra_info.domain, else its data_source's prefix if that names a domain."""
-    dom = (rec.get("extra_info") or {}).get("domain") or str(rec["data_source"]).split("/")[0].split(":")[0].lower()
+    """The record's domain: extra_info.domain, else its data_source's prefix or a dataset name known to
+    the reward registry (e.g. gsm8k -> math)."""
+    given = (rec.get("extra_info") or {}).get("domain")
+    if given is not None:
+        if given not in DOMAINS:
+            raise ValueError(f"extra_info.domain {given!r} is not one of {', '.join(DOMAINS)}")
+        return given
+    source = str(rec["data_source"])
+    dom = source.split("/")[0].split(":")[0].lower()
+    if dom in DOMAINS:
+        return dom
+    from megatron_mcpo.rewards.registry import REGISTRY
+
+    try:
+        dom = REGISTRY.domain_of(source)
+    except ValueError:
+        dom = None
     if dom not in DOMAINS:
-        raise ValueError(f"record with data_source {rec['data_source']!r}: cannot tell its domain "
-                         f"(set extra_info.domain to one of {', '.join(DOMAINS)})")
+        raise ValueError(f"data_source {source!r} names no known domain or dataset: set extra_info.domain "
+                         f"to one of {', '.join(DOMAINS)}")
     return dom
 
 

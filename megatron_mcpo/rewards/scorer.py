@@ -88,8 +88,14 @@ class RewardScorer:
         return {"score": score, "acc": acc, "format_error": bool(verdict.get("format_error", False)),
                 "domain": domain, "pred": verdict.get("pred"), "details": dict(verdict.get("details", {}))}
 
-    def score_batch(self, items: Sequence[tuple]) -> list:
-        """Score (data_source, solution_str, ground_truth[, extra_info]) items concurrently, in order."""
+    def score_batch(self, items: Sequence[tuple], errors: str = "raise") -> list:
+        """Score (data_source, solution_str, ground_truth[, extra_info]) items concurrently, in order.
+
+        errors="raise": a scorer error is raised, naming the item. errors="zero" (training): the item
+        scores `incorrect_reward` and its result carries "error" (the message), so one bad record or
+        scorer bug costs one sample's reward, not the run; `reward_metrics` counts them."""
+        if errors not in ("raise", "zero"):
+            raise ValueError(f"errors must be 'raise' or 'zero', got {errors!r}")
         with self._lock:
             if self._threads is None:
                 self._threads = ThreadPoolExecutor(2 * self.num_workers + 2, thread_name_prefix="reward")
@@ -98,10 +104,21 @@ class RewardScorer:
         for i, future in enumerate(futures):
             try:
                 results.append(future.result())
-            except (ValueError, TypeError) as e:
-                cls = ValueError if isinstance(e, ValueError) else TypeError
-                raise cls(f"reward item {i} (data_source {items[i][0]!r}): {e}") from e
+            except Exception as e:
+                msg = f"reward item {i} (data_source {items[i][0]!r}): {type(e).__name__}: {e}"
+                if errors == "raise":
+                    cls = type(e) if isinstance(e, (ValueError, TypeError)) else RuntimeError
+                    raise cls(msg) from e
+                results.append({"score": self.incorrect_reward, "acc": False, "format_error": False,
+                                "domain": self._domain_or_unknown(items[i]), "pred": None, "details": {},
+                                "error": msg[:500]})
         return results
+
+    def _domain_or_unknown(self, item) -> str:
+        try:
+            return self.registry.domain_of(item[0], item[3] if len(item) > 3 else None)
+        except Exception:
+            return "unknown"
 
     def close(self):
         with self._lock:
@@ -139,7 +156,30 @@ def reward_metrics(results: Sequence[dict], prefix: str = "reward") -> dict:
         metrics[f"{prefix}/{domain}/score"] = sum(r["score"] for r in rs) / n
         metrics[f"{prefix}/{domain}/acc"] = sum(r["acc"] for r in rs) / n
         metrics[f"{prefix}/{domain}/format_error_rate"] = sum(r["format_error"] for r in rs) / n
+    if results:
+        metrics[f"{prefix}/scorer_errors"] = float(sum("error" in r for r in results))
     return metrics
+
+
+class _NotScoring:
+    """The scorer context for `check_ground_truth`: touching it means the ground truth was accepted."""
+
+    class Used(Exception):
+        pass
+
+    def __getattr__(self, name):
+        raise self.Used(name)
+
+
+def check_ground_truth(domain: str, ground_truth, extra_info: Optional[dict] = None,
+                       registry: Optional[Registry] = None) -> None:
+    """Raise ValueError/TypeError if `domain`'s scorer rejects `ground_truth`, using the scorer's own
+    checks: it is called on an empty answer, and stops where it would start real work."""
+    fn = (registry or REGISTRY).scorer(domain)
+    try:
+        fn("", ground_truth, extra_info, _NotScoring())
+    except _NotScoring.Used:
+        pass
 
 
 _default: Optional[RewardScorer] = None

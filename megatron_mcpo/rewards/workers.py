@@ -11,6 +11,7 @@ import os
 import pickle
 import queue
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -67,6 +68,10 @@ def serve(preload):
     for name in preload:
         importlib.import_module(name)
     _write_msg(fd_out, ("ready", None))
+    # A preemption signal reaches every process of the job: the trainer handles it and still needs its
+    # scorers for the step it finishes; a worker ends when its pipe closes (the trainer exited or killed it).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
     while True:
         try:
             module, name, args = _read_msg(fd_in)

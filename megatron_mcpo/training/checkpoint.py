@@ -1,19 +1,26 @@
 """Checkpoints with megatron-core's dist_checkpointing: reshardable model and optimizer state plus
 common state (step counters, scheduler, projection head, data position) saved once.
 
-Layout: <save_dir>/iter_NNNNNNN/ (a dist_checkpointing directory) and <save_dir>/latest_iteration.txt,
-written last so an interrupted save never becomes "latest".
+Layout: <save_dir>/iter_NNNNNNN/ (a dist_checkpointing directory plus the caller's extra files,
+checksums.json and run_info.json, see ckpt_files.py) and <save_dir>/latest_iteration.txt, written after
+everything else so an interrupted save never becomes "latest".
 """
 from __future__ import annotations
 
 import os
-from typing import Optional
+import shutil
+from typing import Callable, Optional
 
 import torch.distributed as dist
 
 from megatron_mcpo.models.policy import unwrap
+from megatron_mcpo.training.ckpt_files import (
+    LATEST, CheckpointError, checkpoint_files, file_digests, iteration_dir, latest_checkpoint, raise_problems,
+    read_manifest, verify_files, write_manifest, write_run_info,
+)
 
-LATEST = "latest_iteration.txt"
+__all__ = ["LATEST", "CheckpointError", "iteration_dir", "latest_checkpoint", "save_checkpoint", "load_checkpoint",
+           "load_model_weights", "verify_checkpoint_distributed"]
 
 
 def model_sharded_state_dict(chunks: list) -> dict:
@@ -33,32 +40,18 @@ def _load_model_state(chunks: list, loaded: dict) -> None:
             c.load_state_dict(loaded[f"model{i}"], strict=True)
 
 
-def iteration_dir(save_dir: str, step: int) -> str:
-    return os.path.join(save_dir, f"iter_{step:07d}")
-
-
-def latest_checkpoint(save_dir: str) -> Optional[str]:
-    """The directory named by <save_dir>/latest_iteration.txt, or `save_dir` itself if it is a
-    checkpoint directory; None if there is nothing to resume from."""
-    marker = os.path.join(save_dir, LATEST)
-    if os.path.isfile(marker):
-        with open(marker) as f:
-            path = iteration_dir(save_dir, int(f.read().strip()))
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"checkpoint: {marker} names {path}, which does not exist")
-        return path
-    if os.path.isfile(os.path.join(save_dir, "metadata.json")):
-        return save_dir
-    return None
-
-
-def save_checkpoint(state, save_dir: str, common: Optional[dict] = None, save_optimizer: bool = True) -> str:
-    """Save model (+ optimizer) shards and `common` state at iteration `state.step`."""
+def save_checkpoint(state, save_dir: str, common: Optional[dict] = None, save_optimizer: bool = True,
+                    extra: Optional[Callable[[str], None]] = None, run_info: Optional[dict] = None) -> str:
+    """Save model (+ optimizer) shards and `common` state at iteration `state.step`; then `extra(path)`
+    on every rank (files of the caller's own), `run_info` and the checksums of every file, and only then
+    the latest marker."""
     from megatron.core import dist_checkpointing
 
     path = iteration_dir(save_dir, state.step)
     if dist.get_rank() == 0:
-        os.makedirs(path, exist_ok=True)
+        if os.path.isdir(path):  # an interrupted earlier save (never "latest"), or checkpoint.overwrite
+            shutil.rmtree(path)
+        os.makedirs(path)
     dist.barrier()
     chunks = state.policy.chunks
     sd = model_sharded_state_dict(chunks)
@@ -67,7 +60,12 @@ def save_checkpoint(state, save_dir: str, common: Optional[dict] = None, save_op
         sd["scheduler"] = state.scheduler.state_dict()
     sd["common"] = {"step": state.step, **(common or {})}
     dist_checkpointing.save(sd, path)
+    if extra is not None:
+        extra(path)
+    if run_info is not None and dist.get_rank() == 0:
+        write_run_info(path, run_info)
     dist.barrier()
+    _write_checksums(path)
     if dist.get_rank() == 0:
         tmp = os.path.join(save_dir, LATEST + ".tmp")
         with open(tmp, "w") as f:
@@ -77,25 +75,64 @@ def save_checkpoint(state, save_dir: str, common: Optional[dict] = None, save_op
     return path
 
 
+def _my_share(items: list) -> list:
+    """This rank's slice of a sorted list (round robin), so ranks hash different files in parallel."""
+    return items[dist.get_rank()::dist.get_world_size()]
+
+
+def _write_checksums(path: str) -> None:
+    """checksums.json of every file of a written checkpoint (the hashing spread over the ranks)."""
+    digests = file_digests(path, _my_share(checkpoint_files(path)))
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, digests)
+    if dist.get_rank() == 0:
+        write_manifest(path, {k: v for p in parts for k, v in p.items()})
+    dist.barrier()
+
+
+def verify_checkpoint_distributed(ckpt_dir: str) -> None:
+    """Every file of the checkpoint against its checksums (hashing spread over the ranks); the same
+    CheckpointError on every rank if one is missing, truncated or changed."""
+    if not os.path.isfile(os.path.join(ckpt_dir, "metadata.json")):
+        raise CheckpointError(f"checkpoint: '{ckpt_dir}' is not a Megatron dist checkpoint (no metadata.json)")
+    manifest = read_manifest(ckpt_dir)
+    if manifest is None:
+        return
+    problems = verify_files(ckpt_dir, manifest, _my_share(sorted(manifest)))
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, problems)
+    raise_problems(ckpt_dir, [p for part in parts for p in part])
+
+
+def _load(sd: dict, ckpt_dir: str) -> dict:
+    """dist_checkpointing.load with its errors (a missing shard, another layout) named as the checkpoint's."""
+    from megatron.core import dist_checkpointing
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        return dist_checkpointing.load(sd, ckpt_dir)
+    except CheckpointException as e:
+        first = next(iter(e.failures.values()), e) if getattr(e, "failures", None) else e
+        raise CheckpointError(f"checkpoint '{ckpt_dir}' cannot be read: {str(first).splitlines()[-1][:300]}") from e
+
+
 def load_model_weights(chunks: list, ckpt_dir: str) -> None:
     """Load only the model weights (any saved TP/PP layout into the current one)."""
-    from megatron.core import dist_checkpointing
-
     if not os.path.isdir(ckpt_dir):
-        raise FileNotFoundError(f"checkpoint: '{ckpt_dir}' is not a directory")
-    loaded = dist_checkpointing.load(model_sharded_state_dict(chunks), ckpt_dir)
+        raise CheckpointError(f"checkpoint: '{ckpt_dir}' is not a directory")
+    verify_checkpoint_distributed(ckpt_dir)
+    loaded = _load(model_sharded_state_dict(chunks), ckpt_dir)
     _load_model_state(chunks, loaded)
 
 
 def load_checkpoint(state, ckpt_dir: str, load_optimizer: bool = True) -> dict:
     """Restore model, optimizer, scheduler and step; return the saved common state."""
-    from megatron.core import dist_checkpointing
-
+    verify_checkpoint_distributed(ckpt_dir)
     chunks = state.policy.chunks
     sd = model_sharded_state_dict(chunks)
     if load_optimizer:
         sd["optimizer"] = state.optimizer.sharded_state_dict(model_sharded_state_dict(chunks), is_loading=True)
-    loaded = dist_checkpointing.load(sd, ckpt_dir)
+    loaded = _load(sd, ckpt_dir)
     _load_model_state(chunks, loaded)
     if load_optimizer:
         state.optimizer.load_state_dict(loaded["optimizer"])

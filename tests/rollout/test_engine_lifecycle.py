@@ -1,0 +1,79 @@
+"""The engine's life cycle: sampling reproducible after a reseed, its processes die with the process that
+started it (kill -9 included), and a killed engine core fails the next call within seconds, naming the
+engine, instead of blocking forever. One engine per test (each ends it)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+pytest.importorskip("vllm")
+
+from megatron_mcpo.rollout.engine import EngineDiedError, SamplingSpec  # noqa: E402
+
+pytestmark = pytest.mark.vllm
+PROMPTS = [[{"role": "user", "content": "What is 12 + 30?"}], [5, 17, 99, 240, 7]]
+SPEC = SamplingSpec(n=3, temperature=1.0, max_tokens=12)
+
+
+def _tokens(out):
+    return [[s.token_ids for s in group] for group in out]
+
+
+def test_reseeded_sampling_repeats_and_a_killed_engine_fails_fast(tiny_dirs):
+    from megatron_mcpo.rollout.vllm_engine import VLLMEngine
+
+    eng = VLLMEngine(tiny_dirs["qwen3"], seed=0, dtype="fp32", gpu_memory_utilization=0.1, max_model_len=128)
+    try:
+        eng.set_sampling_seed(7)
+        a = _tokens(eng.generate(PROMPTS, SPEC))
+        eng.generate(PROMPTS, SPEC)  # moves the generator on
+        eng.set_sampling_seed(7)
+        assert _tokens(eng.generate(PROMPTS, SPEC)) == a
+        eng.set_sampling_seed(8)
+        assert _tokens(eng.generate(PROMPTS, SPEC)) != a
+
+        assert eng._procs, "the engine core process was not found"
+        os.kill(eng._procs[0].pid, signal.SIGKILL)
+        tic = time.monotonic()
+        with pytest.raises(EngineDiedError, match=r"rollout engine of rank 0 .* died during generate"):
+            eng.generate(PROMPTS, SamplingSpec(n=2, temperature=1.0, max_tokens=200))
+        assert time.monotonic() - tic < 30
+    finally:
+        eng.shutdown()
+    assert not [p for p in eng._procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+CHILD = """
+import sys
+from megatron_mcpo.rollout.vllm_engine import VLLMEngine
+eng = VLLMEngine(sys.argv[1], seed=0, dtype="fp32", gpu_memory_utilization=0.1, max_model_len=128)
+print("PIDS", *(p.pid for p in eng._procs), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_engine_dies_with_its_trainer(tiny_dirs):
+    """kill -9 of the process that started the engine leaves no engine process behind."""
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, tiny_dirs["qwen3"]], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        line = ""
+        while not line.startswith("PIDS"):  # vLLM logs to stdout too
+            line = proc.stdout.readline()
+            assert line, "the child exited before starting its engine"
+        pids = [int(p) for p in line.split()[1:]]
+        assert pids and all(psutil.pid_exists(p) for p in pids)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 20
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.5)
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"engine processes {alive} outlived their parent"

@@ -1,0 +1,76 @@
+"""checkpoint.resume (auto | required | never), checkpoint.overwrite and what a save directory may be
+written over: a mistyped load_dir or a relaunch into an existing run's save_dir never silently starts
+from step 0 over its checkpoints."""
+import json
+
+import pytest
+
+from megatron_mcpo.config import CheckpointConfig
+from megatron_mcpo.training.ckpt_files import CheckpointError, check_run_info, resume_source
+
+
+def _ckpt(d, step=2):
+    it = d / f"iter_{step:07d}"
+    it.mkdir(parents=True)
+    (it / "metadata.json").write_text("{}")
+    (d / "latest_iteration.txt").write_text(str(step))
+    return str(it)
+
+
+def test_auto_resumes_from_save_dir_or_starts_fresh(tmp_path):
+    assert resume_source(CheckpointConfig(save_dir=str(tmp_path / "new"))) is None
+    it = _ckpt(tmp_path / "run")
+    assert resume_source(CheckpointConfig(save_dir=str(tmp_path / "run"))) == it  # relaunch = continue
+    assert resume_source(CheckpointConfig(load_dir=str(tmp_path / "run"), save_dir=str(tmp_path / "run"))) == it
+    assert resume_source(CheckpointConfig(load_dir=str(tmp_path / "run"), save_dir=str(tmp_path / "new"))) == it
+
+
+def test_load_dir_must_hold_a_checkpoint(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="checkpoint.load_dir: '.*empty' holds no checkpoint"):
+        resume_source(CheckpointConfig(load_dir=str(tmp_path / "empty")))
+    with pytest.raises(CheckpointError, match="checkpoint.load_dir: '.*typo' does not exist"):
+        resume_source(CheckpointConfig(load_dir=str(tmp_path / "typo")))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "latest_iteration.txt").write_text("7")
+    with pytest.raises(CheckpointError, match="names .*iter_0000007, which does not exist"):
+        resume_source(CheckpointConfig(load_dir=str(tmp_path / "bad")))
+
+
+def test_required_and_never(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint.resume: 'required' but there is no checkpoint"):
+        resume_source(CheckpointConfig(save_dir=str(tmp_path / "new"), resume="required"))
+    _ckpt(tmp_path / "run")
+    with pytest.raises(CheckpointError, match="load_dir: set to .* but checkpoint.resume=never"):
+        resume_source(CheckpointConfig(load_dir=str(tmp_path / "run"), resume="never"))
+    with pytest.raises(CheckpointError, match="save_dir: '.*run' already holds checkpoints and checkpoint.resume=never"):
+        resume_source(CheckpointConfig(save_dir=str(tmp_path / "run"), resume="never"))
+    assert resume_source(CheckpointConfig(save_dir=str(tmp_path / "run"), resume="never", overwrite=True)) is None
+    assert resume_source(CheckpointConfig(save_dir=str(tmp_path / "run"), resume="never"), training=False) is None
+
+
+def test_save_dir_of_another_run_refused(tmp_path):
+    other = _ckpt(tmp_path / "other")
+    _ckpt(tmp_path / "run", step=4)
+    c = CheckpointConfig(load_dir=str(tmp_path / "other"), save_dir=str(tmp_path / "run"))
+    with pytest.raises(CheckpointError, match=r"already holds checkpoints and this run starts from .*other.*overwrite=true"):
+        resume_source(c)
+    assert resume_source(CheckpointConfig(load_dir=c.load_dir, save_dir=c.save_dir, overwrite=True)) == other
+    # an interrupted first save (an iteration directory, no marker) is not an empty directory either
+    (tmp_path / "crashed" / "iter_0000001").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="its latest checkpoint is incomplete"):
+        resume_source(CheckpointConfig(save_dir=str(tmp_path / "crashed")))
+
+
+def test_run_info_names_both_models(tmp_path):
+    it = tmp_path / "iter_0000001"
+    it.mkdir()
+    (it / "run_info.json").write_text(json.dumps({"model": {"hidden_size": 576, "num_hidden_layers": 30},
+                                                  "model_name": "SmolLM2-135M", "projector": {"proj_dim": 256}}))
+    ours = {"hidden_size": 576, "num_hidden_layers": 30}
+    check_run_info(str(it), ours, {"proj_dim": 256}, "x")
+    check_run_info(str(it), ours, None, "x")  # GRPO resuming an MCPO run's policy: no head involved
+    with pytest.raises(CheckpointError, match=r"another model \(SmolLM2-135M\) than model.hf_path=/m/qwen: hidden_size 576 vs 1024"):
+        check_run_info(str(it), {**ours, "hidden_size": 1024}, None, "/m/qwen")
+    with pytest.raises(CheckpointError, match="proj_dim=256, this run has mcpo.proj_dim=64"):
+        check_run_info(str(it), ours, {"proj_dim": 64}, "x")
