@@ -203,11 +203,21 @@ class CheckpointConfig:
     save_dir: Optional[str] = None
     load_dir: Optional[str] = None
     save_interval: int = 0  # steps; 0 = only at the end
+    # At the end of a run also write <save_dir>/hf_export: safetensors + config + tokenizer/chat template
+    # (loads in transformers and vLLM; the same conversion as tools/convert_megatron_to_hf.py).
+    export_hf: bool = False
 
 
 @dataclass
 class LoggingConfig:
     log_dir: str = "outputs/logs"  # <log_dir>/<run.name>.jsonl: one line of metrics per RL step
+    # Any of jsonl, tensorboard (<log_dir>/tensorboard/<run.name>), wandb (run files under <log_dir>/wandb).
+    backends: list[Literal["jsonl", "tensorboard", "wandb"]] = field(default_factory=lambda: ["jsonl"])
+    wandb_project: str = "megatron_mcpo"
+    wandb_run_name: Optional[str] = None  # default: run.name
+    wandb_tags: list[str] = field(default_factory=list)
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"  # offline: no network; `wandb sync` later
+    progress: bool = True  # tqdm bars for long phases on rank 0 (never when stderr is not a terminal)
 
 
 @dataclass
@@ -472,6 +482,10 @@ def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Opti
     _require(o.lr >= 0 and o.min_lr >= 0, "optimizer.lr: must be >= 0")
     _require(o.clip_grad >= 0, "optimizer.clip_grad: must be >= 0")
     _require(cfg.run.total_steps >= 0, "run.total_steps: must be >= 0")
+    lg = cfg.logging
+    _require(len(set(lg.backends)) == len(lg.backends), f"logging.backends: duplicate entries in {lg.backends}")
+    _require(not cfg.checkpoint.export_hf or cfg.checkpoint.save_dir is not None,
+             "checkpoint.export_hf: needs checkpoint.save_dir (the export is written to <save_dir>/hf_export)")
     from megatron_mcpo.domains import DOMAINS
 
     for name in cfg.data.domains:

@@ -7,8 +7,8 @@ shares its rollouts with the rest of its model-parallel group.
 """
 from __future__ import annotations
 
-import json
 import os
+import shutil
 import time
 from collections import Counter
 
@@ -21,7 +21,9 @@ from megatron_mcpo.data.batch import Rollout, build_train_batch
 from megatron_mcpo.data.dataset import PromptSampler, load_jsonl, record_domain, score_item
 from megatron_mcpo.data.synthetic import synthetic_suite
 from megatron_mcpo.distributed import broadcast_object, init_distributed
+from megatron_mcpo.metrics_log import MetricsLogger
 from megatron_mcpo.models.projection import ProjectionHead, ProjectionTrainer
+from megatron_mcpo.progress import phase
 from megatron_mcpo.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from megatron_mcpo.training.minibatch import train_minibatch
 from megatron_mcpo.training.optimizer import setup_train_state
@@ -38,6 +40,7 @@ class Trainer:
         p = cfg.parallel
         self.groups = init_distributed(p.tp, p.pp, p.vpp, p.cp, cfg.run.device, cfg.run.seed)
         g = self.groups
+        self.metrics_log = MetricsLogger(cfg, rank0=g.world_rank == 0)  # a missing backend package fails here
         for name in ("train_batch_prompts", "mini_batch_prompts"):
             if getattr(cfg.algorithm, name) % g.dp_size:
                 raise ValueError(f"algorithm.{name} must be divisible by the data-parallel size {g.dp_size}")
@@ -56,7 +59,8 @@ class Trainer:
             head = ProjectionHead(self.hf_config["hidden_size"], m.proj_hidden_dim, m.proj_dim, seed=cfg.run.seed)
             self.projector = ProjectionTrainer(head, m.proj_lr, m.proj_weight_decay, m.proj_grad_clip, m.frozen_head)
         self.engine_rank = g.tp_rank == 0 and g.pp_rank == 0
-        self.engine = self._make_engine() if self.engine_rank else None
+        with phase("rollout engine start"):
+            self.engine = self._make_engine() if self.engine_rank else None
         self.scorer = self._make_scorer() if self.engine_rank else None
         d = cfg.data
         weights = dict(zip(d.domains, d.domain_weights)) if d.domain_weights else None
@@ -198,7 +202,8 @@ class Trainer:
         sampling = SamplingSpec(n=e.n, temperature=e.temperature, top_p=e.top_p, stop=list(cfg.rollout.stop),
                                 max_tokens=e.max_response_length or cfg.rollout.max_response_length)
         tic = time.perf_counter()
-        metrics = evaluate(self.engine, self.scorer, self._eval_records, sampling, g.dp, g.dp_rank, g.dp_size)
+        with phase("evaluation"):
+            metrics = evaluate(self.engine, self.scorer, self._eval_records, sampling, g.dp, g.dp_rank, g.dp_size)
         metrics["time/eval"] = time.perf_counter() - tic
         return metrics
 
@@ -299,37 +304,47 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def train(self) -> list[dict]:
         cfg = self.cfg
-        log_path = os.path.join(cfg.logging.log_dir, f"{cfg.run.name}.jsonl")
-        if dist.get_rank() == 0:
-            os.makedirs(cfg.logging.log_dir, exist_ok=True)
         history = []
         if cfg.eval.before_train:
             history.append({"step": self.rl_steps, **self.evaluate()})
-            self._log(log_path, history[-1])
+            self._log(history[-1])
         while self.rl_steps < cfg.run.total_steps:
             metrics = self.rl_step()
             e = cfg.eval.every
             if e and (self.rl_steps % e == 0 or self.rl_steps == cfg.run.total_steps):
                 metrics.update(self.evaluate())
             history.append(metrics)
-            self._log(log_path, metrics)
+            self._log(metrics)
             if cfg.checkpoint.save_dir and cfg.checkpoint.save_interval and self.rl_steps % cfg.checkpoint.save_interval == 0:
                 self.save()
         if cfg.checkpoint.save_dir:
-            self.save()
+            path = self.save()
+            if cfg.checkpoint.export_hf:
+                self.export_hf(path)
         return history
 
-    @staticmethod
-    def _log(log_path: str, metrics: dict) -> None:
+    def export_hf(self, ckpt_path: str) -> str:
+        """The saved checkpoint as an HF directory <save_dir>/hf_export (weights, config, tokenizer, chat template)."""
+        from megatron_mcpo.weights.dist_ckpt import convert_megatron_to_hf
+
+        out = os.path.join(self.cfg.checkpoint.save_dir, "hf_export")
+        if dist.get_rank() == 0:
+            shutil.rmtree(out, ignore_errors=True)  # an earlier run's export: no stale shards left behind
+            convert_megatron_to_hf(ckpt_path, out)
+            print(f"exported HF checkpoint to {out}", flush=True)
+        dist.barrier()
+        return out
+
+    def _log(self, metrics: dict) -> None:
+        self.metrics_log.log(metrics)
         if dist.get_rank() != 0:
             return
-        with open(log_path, "a") as f:
-            f.write(json.dumps(metrics) + "\n")
         keys = ("step", "reward/all/acc", "eval/all/acc", "pg_loss", "mcpo/loss_cl", "grad_norm",
                 "rollout/logprob_abs_diff_max", "time/rollout", "time/train")
         print(" ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics), flush=True)
 
     def close(self) -> None:
+        self.metrics_log.close()
         if self.scorer is not None:
             self.scorer.close()
         if self.engine is not None:

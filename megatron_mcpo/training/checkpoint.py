@@ -12,6 +12,7 @@ from typing import Optional
 import torch.distributed as dist
 
 from megatron_mcpo.models.policy import unwrap
+from megatron_mcpo.progress import phase
 
 LATEST = "latest_iteration.txt"
 
@@ -66,7 +67,8 @@ def save_checkpoint(state, save_dir: str, common: Optional[dict] = None, save_op
         sd["optimizer"] = state.optimizer.sharded_state_dict(model_sharded_state_dict(chunks))
         sd["scheduler"] = state.scheduler.state_dict()
     sd["common"] = {"step": state.step, **(common or {})}
-    dist_checkpointing.save(sd, path)
+    with phase(f"checkpoint save {os.path.basename(path)}"):
+        dist_checkpointing.save(sd, path)
     dist.barrier()
     if dist.get_rank() == 0:
         tmp = os.path.join(save_dir, LATEST + ".tmp")
@@ -83,7 +85,8 @@ def load_model_weights(chunks: list, ckpt_dir: str) -> None:
 
     if not os.path.isdir(ckpt_dir):
         raise FileNotFoundError(f"checkpoint: '{ckpt_dir}' is not a directory")
-    loaded = dist_checkpointing.load(model_sharded_state_dict(chunks), ckpt_dir)
+    with phase(f"checkpoint load {ckpt_dir}"):
+        loaded = dist_checkpointing.load(model_sharded_state_dict(chunks), ckpt_dir)
     _load_model_state(chunks, loaded)
 
 
@@ -95,7 +98,8 @@ def load_checkpoint(state, ckpt_dir: str, load_optimizer: bool = True) -> dict:
     sd = model_sharded_state_dict(chunks)
     if load_optimizer:
         sd["optimizer"] = state.optimizer.sharded_state_dict(model_sharded_state_dict(chunks), is_loading=True)
-    loaded = dist_checkpointing.load(sd, ckpt_dir)
+    with phase(f"checkpoint load {ckpt_dir}"):
+        loaded = dist_checkpointing.load(sd, ckpt_dir)
     _load_model_state(chunks, loaded)
     if load_optimizer:
         state.optimizer.load_state_dict(loaded["optimizer"])
