@@ -162,7 +162,7 @@ class DataConfig:
 
 @dataclass
 class EvalConfig:
-    # Held-out prompts (verl-style JSONL like data.train_files); empty = the synthetic suite drawn with
+    # Held-out prompts (verl-style parquet/JSONL like data.train_files); empty = the synthetic suite drawn with
     # seed data.seed + 1 (the data.domains, eval.prompts_per_domain each).
     files: list[str] = field(default_factory=list)
     prompts_per_domain: int = 8  # synthetic suite only
@@ -482,6 +482,9 @@ def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Opti
     _require(o.lr >= 0 and o.min_lr >= 0, "optimizer.lr: must be >= 0")
     _require(o.clip_grad >= 0, "optimizer.clip_grad: must be >= 0")
     _require(cfg.run.total_steps >= 0, "run.total_steps: must be >= 0")
+    for field_name, files in (("data.train_files", cfg.data.train_files), ("eval.files", cfg.eval.files)):
+        for f in files:
+            _require(f.endswith((".jsonl", ".parquet")), f"{field_name}: '{f}' is neither .jsonl nor .parquet")
     lg = cfg.logging
     _require(len(set(lg.backends)) == len(lg.backends), f"logging.backends: duplicate entries in {lg.backends}")
     _require(not cfg.checkpoint.export_hf or cfg.checkpoint.save_dir is not None,

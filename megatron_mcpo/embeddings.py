@@ -18,7 +18,10 @@ from megatron_mcpo.domains import DOMAINS
 
 def tsne_2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
     """[N, d] -> [N, 2] t-SNE (scikit-learn), perplexity capped below N/3 so small sets work."""
-    from sklearn.manifold import TSNE
+    try:
+        from sklearn.manifold import TSNE
+    except ImportError:
+        raise ImportError("mcpo embed needs scikit-learn: pip install 'megatron_mcpo[plot]'") from None
 
     n = x.shape[0]
     if n < 4:
@@ -30,11 +33,9 @@ def embedding_figure(panels: dict[str, np.ndarray], domains: list[str], correct:
                      seed: int = 0) -> tuple[str, list[str]]:
     """One t-SNE scatter per {title: embeddings [N, d]}: colour = domain, ● correct / ✕ wrong.
     Returns (path, panel titles)."""
-    import matplotlib
+    from megatron_mcpo.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     correct = np.asarray(correct, dtype=bool)
     dom = np.asarray(domains)
     colours = {d: plt.get_cmap("tab10")(i) for i, d in enumerate(DOMAINS)}

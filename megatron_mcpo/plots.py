@@ -57,11 +57,20 @@ def _domains(records: list[dict], prefix: str, stat: str) -> list[str]:
     return sorted({k.split("/")[1] for k in keys if k.startswith(prefix + "/") and k.endswith("/" + stat)})
 
 
-def _grid(n: int):
-    import matplotlib
-
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("plots need matplotlib: pip install 'megatron_mcpo[plot]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _grid(n: int):
+    plt = pyplot()
 
     cols = min(n, 3)
     rows = -(-n // cols)
@@ -72,8 +81,7 @@ def _grid(n: int):
 
 
 def _save(fig, path: str) -> str:
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

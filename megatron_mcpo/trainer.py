@@ -18,7 +18,8 @@ import torch.distributed as dist
 from megatron_mcpo.algorithms.dapo import dynamic_sampling_filter
 from megatron_mcpo.config import Config, read_hf_config, validate
 from megatron_mcpo.data.batch import Rollout, build_train_batch
-from megatron_mcpo.data.dataset import PromptSampler, load_jsonl, record_domain, score_item
+from megatron_mcpo.data.dataset import PromptSampler, record_domain, score_item
+from megatron_mcpo.data.formats import load_records
 from megatron_mcpo.data.synthetic import synthetic_suite
 from megatron_mcpo.distributed import broadcast_object, init_distributed
 from megatron_mcpo.metrics_log import MetricsLogger
@@ -254,9 +255,9 @@ class Trainer:
         return RewardScorer(num_workers=r.num_workers, sandbox_limits=limits, math_timeout_s=r.math_timeout_s)
 
     def _load_records(self, files: list[str], synthetic_seed: int, synthetic_per_domain: int) -> list[dict]:
-        """JSONL records of `files` (else the synthetic suite) in data.domains whose prompt fits."""
+        """Records of `files` (.jsonl/.parquet; else the synthetic suite) in data.domains whose prompt fits."""
         d = self.cfg.data
-        records = [rec for f in files for rec in load_jsonl(f)] if files else synthetic_suite(synthetic_per_domain, d.domains, synthetic_seed)
+        records = [rec for f in files for rec in load_records(f)] if files else synthetic_suite(synthetic_per_domain, d.domains, synthetic_seed)
         records = [rec for rec in records if record_domain(rec) in d.domains]
         if self.engine is not None:  # prompts that cannot fit are dropped up front (and said so), never mid-run
             limit = self.cfg.rollout.max_prompt_length
