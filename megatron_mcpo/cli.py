@@ -4,6 +4,9 @@
   mcpo eval --config C --set checkpoint.load_dir=D   held-out metrics of a checkpoint (eval.* settings)
   mcpo validate --config C [--world-size N]      check a config without touching a GPU
   mcpo demo                                      the embedded CPU default (tiny Qwen3, synthetic suite)
+  mcpo plot LOG.jsonl --out DIR                  PNG curves of a run's metrics log (needs the [plot] extra)
+  mcpo embed --config C --set checkpoint.load_dir=D [--out DIR]   t-SNE of held-out response embeddings
+  (--quiet on any command: no progress bars)
 """
 from __future__ import annotations
 
@@ -20,14 +23,20 @@ DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mcpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
-    for name in ("train", "eval", "validate", "demo"):
+    p = sub.add_parser("plot")
+    p.add_argument("log", help="a run's <log_dir>/<run.name>.jsonl")
+    p.add_argument("--out", required=True, help="output directory for the PNGs")
+    for name in ("train", "eval", "validate", "demo", "embed"):
         p = sub.add_parser(name)
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.add_argument("--config", default=DEMO_CONFIG if name == "demo" else None, help="YAML config file")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=C", help="override a field")
         if name == "validate":
             p.add_argument("--world-size", type=int, default=None)
         if name == "demo":
             p.add_argument("--sft-steps", type=int, default=150, help="supervised warm-start steps before RL")
+        if name == "embed":
+            p.add_argument("--out", default="outputs/plots", help="output directory for the PNG")
     return ap
 
 
@@ -41,6 +50,12 @@ def _expected_errors() -> tuple:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "plot":
+        from megatron_mcpo.plots import plot_log
+
+        for path in plot_log(args.log, args.out):
+            print(path)
+        return 0
     try:
         cfg = load_config(args.config, args.overrides)
         # Everything that can be checked is, before torch.distributed or a model exists.
@@ -53,9 +68,12 @@ def main(argv=None) -> int:
         return 2
     import torch.distributed as dist
 
+    from megatron_mcpo import progress
     from megatron_mcpo.rollout.engine import EngineDiedError
     from megatron_mcpo.trainer import Trainer
     from megatron_mcpo.training.interrupt import TrainingInterrupted
+
+    progress.configure(cfg.logging.progress and not args.quiet)
 
     try:
         trainer = Trainer(cfg)
@@ -63,6 +81,13 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
+        if args.command == "embed":
+            from megatron_mcpo.embeddings import embed_command
+
+            path = embed_command(trainer, args.out)
+            if dist.get_rank() == 0:
+                print(path)
+            return 0
         if args.command == "eval":
             metrics = trainer.evaluate()
             if dist.get_rank() == 0:

@@ -213,7 +213,7 @@ class DataConfig:
 
 @dataclass
 class EvalConfig:
-    # Held-out prompts (verl-style JSONL like data.train_files); empty = the synthetic suite's held-out
+    # Held-out prompts (verl-style parquet/JSONL like data.train_files); empty = the synthetic suite's held-out
     # split (disjoint from its train split by construction), seed data.seed + 1, eval.prompts_per_domain each.
     files: list[str] = field(default_factory=list)
     prompts_per_domain: int = 8  # synthetic suite only
@@ -263,11 +263,21 @@ class CheckpointConfig:
     resume: Literal["auto", "never", "required"] = "auto"
     overwrite: bool = False  # allow writing into a save_dir that holds another run's checkpoints
     save_interval: int = 50  # RL steps between saves (and at the end, and on SIGTERM/SIGINT); 0 = only those
+    # At the end of a run also write <save_dir>/hf_export: safetensors + config + tokenizer/chat template
+    # (loads in transformers and vLLM; the same conversion as tools/convert_megatron_to_hf.py).
+    export_hf: bool = False
 
 
 @dataclass
 class LoggingConfig:
     log_dir: str = "outputs/logs"  # <log_dir>/<run.name>.jsonl: one line of metrics per RL step
+    # Any of jsonl, tensorboard (<log_dir>/tensorboard/<run.name>), wandb (run files under <log_dir>/wandb).
+    backends: list[Literal["jsonl", "tensorboard", "wandb"]] = field(default_factory=lambda: ["jsonl"])
+    wandb_project: str = "megatron_mcpo"
+    wandb_run_name: Optional[str] = None  # default: run.name
+    wandb_tags: list[str] = field(default_factory=list)
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"  # offline: no network; `wandb sync` later
+    progress: bool = True  # tqdm bars for long phases on rank 0 (never when stderr is not a terminal)
 
 
 @dataclass
@@ -584,6 +594,13 @@ def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Opti
     _require(o.lr_decay_steps is None or o.lr_decay_steps > o.lr_warmup_steps,
              f"optimizer.lr_decay_steps: must exceed lr_warmup_steps={o.lr_warmup_steps} (both in optimizer steps)")
     _require(cfg.run.total_steps >= 0, "run.total_steps: must be >= 0")
+    for field_name, files in (("data.train_files", cfg.data.train_files), ("eval.files", cfg.eval.files)):
+        for f in files:
+            _require(f.endswith((".jsonl", ".parquet")), f"{field_name}: '{f}' is neither .jsonl nor .parquet")
+    lg = cfg.logging
+    _require(len(set(lg.backends)) == len(lg.backends), f"logging.backends: duplicate entries in {lg.backends}")
+    _require(not cfg.checkpoint.export_hf or cfg.checkpoint.save_dir is not None,
+             "checkpoint.export_hf: needs checkpoint.save_dir (the export is written to <save_dir>/hf_export)")
     from megatron_mcpo.domains import DOMAINS
 
     for name in cfg.data.domains:

@@ -8,8 +8,8 @@ share their rollouts with the rest of its model-parallel group.
 """
 from __future__ import annotations
 
-import json
 import os
+import shutil
 import sys
 import time
 from collections import Counter
@@ -21,10 +21,13 @@ from megatron_mcpo.algorithms.dapo import overlong_penalty
 from megatron_mcpo.algorithms.rollout_correction import correction_kwargs, reduce_correction_metrics, rollout_correction
 from megatron_mcpo.config import Config, read_hf_config, validate
 from megatron_mcpo.data.batch import Rollout, build_train_batch
-from megatron_mcpo.data.dataset import PromptSampler, load_jsonl, plain_prompt_warning, record_domain, score_item
+from megatron_mcpo.data.dataset import PromptSampler, plain_prompt_warning, record_domain, score_item
+from megatron_mcpo.data.formats import load_records
 from megatron_mcpo.data.synthetic import synthetic_suite
 from megatron_mcpo.distributed import broadcast_object, init_distributed
+from megatron_mcpo.metrics_log import MetricsLogger
 from megatron_mcpo.models.projection import ProjectionHead, ProjectionTrainer
+from megatron_mcpo.progress import phase
 from megatron_mcpo.training.checkpoint import load_checkpoint, save_checkpoint
 from megatron_mcpo.training.ckpt_files import LATEST, check_run_info, model_identity, resume_source
 from megatron_mcpo.training.dynamic_sampling import dynamic_sampling_rounds
@@ -52,6 +55,7 @@ class Trainer:
         p = cfg.parallel
         self.groups = init_distributed(p.tp, p.pp, p.vpp, p.cp, cfg.run.device, cfg.run.seed)
         g = self.groups
+        self.metrics_log = MetricsLogger(cfg, rank0=g.world_rank == 0)  # a missing backend package fails here
         self.hf_dir = self._resolve_hf_dir(cfg.model.hf_path)
         self.hf_config = read_hf_config(self.hf_dir)
         self.state = setup_train_state(cfg, self.hf_config, g)
@@ -67,7 +71,8 @@ class Trainer:
             head = ProjectionHead(self.hf_config["hidden_size"], m.proj_hidden_dim, m.proj_dim, seed=cfg.run.seed)
             self.projector = ProjectionTrainer(head, m.proj_lr, m.proj_weight_decay, m.proj_grad_clip, m.frozen_head)
         self.placement = self._plan_placement()
-        self.engine = self._make_engine() if self.placement.engine_id is not None else None
+        with phase("rollout engine start"):
+            self.engine = self._make_engine() if self.placement.engine_id is not None else None
         self.scorer = self._make_scorer() if self.engine is not None else None  # evaluation scores on every engine
         self.memory = None
         if self.placement.colocated:
@@ -279,7 +284,8 @@ class Trainer:
         if self.engine is not None:  # the same answers for the same weights, whenever evaluated
             self.engine.set_sampling_seed(cfg.rollout.seed * 1_000_003 + g.dp_rank * 7919 + 999_999_937)
         tic = time.perf_counter()
-        metrics = evaluate(self.engine, self.scorer, self._eval_records, sampling, g.dp, g.dp_rank, g.dp_size)
+        with phase("evaluation"):
+            metrics = evaluate(self.engine, self.scorer, self._eval_records, sampling, g.dp, g.dp_rank, g.dp_size)
         metrics["time/eval"] = time.perf_counter() - tic
         return metrics
 
@@ -335,9 +341,9 @@ class Trainer:
         return RewardScorer(num_workers=r.num_workers, sandbox_limits=limits, math_timeout_s=r.math_timeout_s)
 
     def _load_records(self, files: list[str], synthetic_seed: int, synthetic_per_domain: int, split: str) -> list[dict]:
-        """JSONL records of `files` (else the synthetic suite's `split`) in data.domains whose prompt fits."""
+        """Records of `files` (.jsonl/.parquet; else the synthetic suite's `split`) in data.domains whose prompt fits."""
         d = self.cfg.data
-        records = [rec for f in files for rec in load_jsonl(f)] if files else synthetic_suite(synthetic_per_domain, d.domains, synthetic_seed, split)
+        records = [rec for f in files for rec in load_records(f)] if files else synthetic_suite(synthetic_per_domain, d.domains, synthetic_seed, split)
         warning = plain_prompt_warning(records, files) if files else None
         if warning and self.groups.world_rank == 0:
             print(f"warning: {warning}", flush=True)
@@ -412,15 +418,12 @@ class Trainer:
         """Run to run.total_steps, saving every checkpoint.save_interval steps and at the end. SIGTERM or
         SIGINT (interrupt.py) finishes the current step, saves and raises TrainingInterrupted."""
         cfg = self.cfg
-        log_path = os.path.join(cfg.logging.log_dir, f"{cfg.run.name}.jsonl")
-        if dist.get_rank() == 0:
-            os.makedirs(cfg.logging.log_dir, exist_ok=True)
         history = []
         c = cfg.checkpoint
         with StopRequest() as stop:
             if cfg.eval.before_train:
                 history.append({"step": self.rl_steps, **self.evaluate()})
-                self._log(log_path, history[-1])
+                self._log(history[-1])
             while self.rl_steps < cfg.run.total_steps:
                 metrics = self.rl_step()
                 e = cfg.eval.every
@@ -429,7 +432,7 @@ class Trainer:
                 if self._samples:
                     metrics["samples"] = self._samples
                 history.append(metrics)
-                self._log(log_path, metrics)
+                self._log(metrics)
                 if c.save_dir and c.save_interval and self.rl_steps % c.save_interval == 0:
                     self.save()
                 signum = stop.agreed()
@@ -439,14 +442,26 @@ class Trainer:
                     raise TrainingInterrupted(signum, self._saved_path)
         if c.save_dir and self._saved_step != self.rl_steps:
             self.save()
+        if c.export_hf and self._saved_path:
+            self.export_hf(self._saved_path)
         return history
 
-    @staticmethod
-    def _log(log_path: str, metrics: dict) -> None:
+    def export_hf(self, ckpt_path: str) -> str:
+        """The saved checkpoint as an HF directory <save_dir>/hf_export (weights, config, tokenizer, chat template)."""
+        from megatron_mcpo.weights.dist_ckpt import convert_megatron_to_hf
+
+        out = os.path.join(self.cfg.checkpoint.save_dir, "hf_export")
+        if dist.get_rank() == 0:
+            shutil.rmtree(out, ignore_errors=True)  # an earlier run's export: no stale shards left behind
+            convert_megatron_to_hf(ckpt_path, out)
+            print(f"exported HF checkpoint to {out}", flush=True)
+        dist.barrier()
+        return out
+
+    def _log(self, metrics: dict) -> None:
+        self.metrics_log.log(metrics)
         if dist.get_rank() != 0:
             return
-        with open(log_path, "a") as f:
-            f.write(json.dumps(metrics) + "\n")
         keys = ("step", "reward/all/acc", "eval/all/acc", "pg_loss", "mcpo/loss_cl", "grad_norm",
                 "rollout/logprob_abs_diff_max", "reward/scorer_errors")
         line = [f"{k}={metrics[k]:.4g}" for k in keys if k in metrics]
@@ -463,6 +478,7 @@ class Trainer:
                   f"incorrect (metric reward/scorer_errors); first: {errors[0]}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
+        self.metrics_log.close()
         if self.scorer is not None:
             self.scorer.close()
         if self.engine is not None:

@@ -125,8 +125,11 @@ def build_gpt_model(
     pre_process: Optional[bool] = None,
     post_process: Optional[bool] = None,
     vp_stage: Optional[int] = None,
+    pg_collection=None,
 ):
-    """One Megatron GPTModel chunk for this rank (parallel state must be initialised)."""
+    """One Megatron GPTModel chunk for this rank (parallel state must be initialised). `pg_collection`
+    (megatron's ProcessGroupCollection) replaces the parallel state's groups, e.g. to build one rank's
+    shard of a large layout on the meta device in a single process."""
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import (
@@ -162,6 +165,7 @@ def build_gpt_model(
         rope_scaling=scaling is not None,
         rope_scaling_factor=scaling or 8.0,
         vp_stage=vp_stage,
+        pg_collection=pg_collection,
     )
 
 

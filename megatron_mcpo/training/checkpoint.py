@@ -18,6 +18,7 @@ from megatron_mcpo.training.ckpt_files import (
     LATEST, CheckpointError, checkpoint_files, file_digests, iteration_dir, latest_checkpoint, raise_problems,
     read_manifest, verify_files, write_manifest, write_run_info,
 )
+from megatron_mcpo.progress import phase
 
 __all__ = ["LATEST", "CheckpointError", "iteration_dir", "latest_checkpoint", "save_checkpoint", "load_checkpoint",
            "load_model_weights", "verify_checkpoint_distributed"]
@@ -59,7 +60,8 @@ def save_checkpoint(state, save_dir: str, common: Optional[dict] = None, save_op
         sd["optimizer"] = state.optimizer.sharded_state_dict(model_sharded_state_dict(chunks))
         sd["scheduler"] = state.scheduler.state_dict()
     sd["common"] = {"step": state.step, **(common or {})}
-    dist_checkpointing.save(sd, path)
+    with phase(f"checkpoint save {os.path.basename(path)}"):
+        dist_checkpointing.save(sd, path)
     if extra is not None:
         extra(path)
     if run_info is not None and dist.get_rank() == 0:
@@ -110,7 +112,8 @@ def _load(sd: dict, ckpt_dir: str) -> dict:
     from torch.distributed.checkpoint.api import CheckpointException
 
     try:
-        return dist_checkpointing.load(sd, ckpt_dir)
+        with phase(f"checkpoint load {ckpt_dir}"):
+            return dist_checkpointing.load(sd, ckpt_dir)
     except CheckpointException as e:
         first = next(iter(e.failures.values()), e) if getattr(e, "failures", None) else e
         raise CheckpointError(f"checkpoint '{ckpt_dir}' cannot be read: {str(first).splitlines()[-1][:300]}") from e

@@ -25,6 +25,7 @@ import torch
 from megatron_mcpo.training.ckpt_files import (
     CheckpointError, checkpoint_files, file_digests, verify_checkpoint, write_manifest,
 )
+from megatron_mcpo.progress import bar
 from megatron_mcpo.weights.hf_files import copy_tokenizer_files, read_hf_config
 from megatron_mcpo.weights.hf_io import HFCheckpointReader
 from megatron_mcpo.weights.hf_mapping import LAYER_PREFIX, TE_NORM_ALIASES, FamilyMapping, family_mapping
@@ -175,10 +176,15 @@ def convert_hf_to_megatron(hf_dir: str, out_dir: str, tp: int = 1, pp: int = 1, 
     os.makedirs(out_dir, exist_ok=True)
     with HFCheckpointReader(hf_dir) as reader:
         plan = _plan_tensors(mapping, reader, tp, DTYPES[dtype], padded_vocab_size(mapping.dims.vocab, tp))
+        counter = bar(total=sum(len(chunks) for _, chunks in plan.values()), desc=f"converting {hf_dir}", unit="chunk")
+        for _, chunks in plan.values():
+            for c in chunks:
+                c.make = lambda make=c.make: (counter.update(1), make())[1]
         n = mapping.num_layers
         extra = [f"{LAYER_PREFIX}{m}._extra_state/shard_{i}_{n}" for m in _EXTRA_STATE_MODULES for i in range(n)]
         writer = dcp.FileSystemWriter(out_dir, single_file_per_rank=True, thread_count=1)
         dcp.save({}, storage_writer=writer, planner=_save_planner(plan, DTYPES[dtype], extra), no_dist=True)
+        counter.close()
     torch.save({}, os.path.join(out_dir, "common.pt"))
     save_config(CheckpointingConfig("torch_dist"), out_dir)
     write_hf_metadata(out_dir, hf_dir, dtype)
@@ -251,7 +257,8 @@ def convert_megatron_to_hf(megatron_dir: str, out_dir: str, max_shard_bytes: int
     writer = HFCheckpointWriter(out_dir, max_shard_bytes=max_shard_bytes)
     dtypes = set()
     try:
-        for name, tensor in read_checkpoint_tensors(megatron_dir, mapping):
+        tensors = read_checkpoint_tensors(megatron_dir, mapping)
+        for name, tensor in bar(tensors, total=len(mapping.megatron_names()), desc=f"exporting {megatron_dir}", unit="tensor"):
             dtypes.add(tensor.dtype)
             writer.add_all(mapping.to_hf(name, tensor))
     except CheckpointException as e:

@@ -10,6 +10,7 @@ from typing import Iterator
 import torch
 
 from megatron_mcpo.models.policy import unwrap
+from megatron_mcpo.progress import bar
 from megatron_mcpo.weights.hf_files import read_hf_config
 from megatron_mcpo.weights.hf_io import HFCheckpointReader
 from megatron_mcpo.weights.hf_mapping import LAYER_PREFIX, WeightMappingError, family_mapping
@@ -43,15 +44,15 @@ def load_hf_weights(model_chunks: list, hf_dir: str) -> None:
     mapping = family_mapping(hf)
     tp_rank, tp_size = _tp_rank_size()
     with HFCheckpointReader(hf_dir) as reader:
-        for chunk in model_chunks:
-            for name, param in global_named_parameters(chunk):
-                kind, layer = mapping.kind(name)
-                padded_vocab = param.shape[0] * tp_size
-                shard = kind.shard_from_hf(reader, mapping.dims, layer, tp_rank, tp_size, padded_vocab)
-                if tuple(shard.shape) != tuple(param.shape):
-                    raise WeightMappingError(
-                        f"shape mismatch for Megatron '{name}' (TP rank {tp_rank}/{tp_size}): model shard "
-                        f"{list(param.shape)}, from HF {kind.hf_names(layer)} {list(shard.shape)} — does config.json "
-                        f"match the weights and the model?"
-                    )
-                param.data.copy_(shard)
+        params = [p for chunk in model_chunks for p in global_named_parameters(chunk)]
+        for name, param in bar(params, desc=f"loading {hf_dir}", unit="tensor"):
+            kind, layer = mapping.kind(name)
+            padded_vocab = param.shape[0] * tp_size
+            shard = kind.shard_from_hf(reader, mapping.dims, layer, tp_rank, tp_size, padded_vocab)
+            if tuple(shard.shape) != tuple(param.shape):
+                raise WeightMappingError(
+                    f"shape mismatch for Megatron '{name}' (TP rank {tp_rank}/{tp_size}): model shard "
+                    f"{list(param.shape)}, from HF {kind.hf_names(layer)} {list(shard.shape)} — does config.json "
+                    f"match the weights and the model?"
+                )
+            param.data.copy_(shard)
