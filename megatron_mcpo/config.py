@@ -557,7 +557,8 @@ def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Opti
     r = cfg.rollout
     _require(r.n >= 1, "rollout.n: must be >= 1")
     # Training log-probs are those of the sampling distribution softmax(logits / T).
-    _require(r.temperature > 0, "rollout.temperature: must be > 0 (training log-probs use softmax(logits / T))")
+    _require(r.temperature > 0, f"rollout.temperature: must be > 0, got {r.temperature} (training log-probs use "
+             "softmax(logits / T); greedy sampling would also make the n samples of a prompt identical)")
     _require(r.max_prompt_length >= 1, f"rollout.max_prompt_length: must be >= 1, got {r.max_prompt_length}")
     _require(r.max_response_length >= 1, f"rollout.max_response_length: must be >= 1, got {r.max_response_length}")
     _require(r.engine_timeout_s >= 0, f"rollout.engine_timeout_s: must be >= 0, got {r.engine_timeout_s}")

@@ -49,7 +49,7 @@ def _cases(tmp):
                                        "rollout.n=2", "parallel.micro_batch_size=3"], None, 2,
                                       "algorithm.train_batch_prompts: 9 is not divisible by the data-parallel size 2"),
         "eval.n>1 greedy": (["eval.n=2"], None, 1, "eval.n: 2 samples per prompt need eval.temperature > 0"),
-        "greedy rollouts": (["rollout.temperature=0"], None, 1, "rollout.temperature: 0 (greedy)"),
+        "greedy rollouts": (["rollout.temperature=0"], None, 1, "rollout.temperature: must be > 0, got 0.0"),
         "no response tokens": (["rollout.max_response_length=0", "eval.max_response_length=null"], None, 1,
                                "rollout.max_response_length: must be >= 1"),
         "missing data file": ([f"data.train_files=[{tmp}/nope.jsonl]"], None, 1, "data.train_files[0]: '%s/nope.jsonl' does not exist" % tmp),
