@@ -42,6 +42,8 @@ def sft_warm_start(trainer, steps: int, batch_size: int = 20, seed: int = 0) -> 
         raise ValueError("demo: the prompt records carry no extra_info.reference answers to warm up on")
     rng = random.Random(seed)
     step_before = trainer.state.step
+    # Supervised NLL of the plain model (T = 1), not of the rollout-tempered distribution the RL losses use.
+    temperature, trainer.state.policy.temperature = trainer.state.policy.temperature, 1.0
     per_rank = batch_size // g.dp_size
     losses = []
     for _ in range(steps):
@@ -57,6 +59,7 @@ def sft_warm_start(trainer, steps: int, batch_size: int = 20, seed: int = 0) -> 
         local_mbs = mbs if per_rank % mbs == 0 else per_rank
         losses.append(train_step(trainer.state, split_microbatches(local, local_mbs), nll)["nll"])
     trainer.state.step = step_before
+    trainer.state.policy.temperature = temperature
     trainer.refit()
     return losses
 

@@ -32,7 +32,8 @@ def base(model: str, name: str) -> dict:
     return {
         "model": {"hf_path": m["hf_path"], "params_dtype": "bf16", "recompute_granularity": "full"},
         "parallel": {"tp": m["tp"], "micro_batch_size": 4, "use_distributed_optimizer": True},
-        "rollout": {"n": 8, "temperature": 1.0, "max_prompt_length": 2048, "max_response_length": 8192, "tp": 2,
+        # rollout TP = training TP: a colocated engine's workers stay inside one data-parallel replica
+        "rollout": {"n": 8, "temperature": 1.0, "max_prompt_length": 2048, "max_response_length": 8192, "tp": m["tp"],
                     "gpu_memory_utilization": 0.6},
         "algorithm": {"name": "grpo", "train_batch_prompts": 128, "mini_batch_prompts": 64, "entropy_coef": 0.001,
                       "loss_agg_mode": "token-mean", "kl_coef": 0.0},

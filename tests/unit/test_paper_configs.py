@@ -52,7 +52,7 @@ def test_paper_config_validates_on_8_gpus(path, hf_dirs):
     cfg = load_config(path)
     model_dir = os.path.basename(cfg.model.hf_path)
     cfg.model.hf_path = str(hf_dirs / model_dir)
-    validate(cfg, world_size=8, cuda_available=True)
+    validate(cfg, world_size=8, cuda_available=True, check_files=False)  # config.json only: no weights
     a = cfg.algorithm
     assert cfg.mcpo.pool_order == "scattered" and cfg.rollout.temperature == 1.0
     assert a.name in ("grpo", "mcpo_grpo")  # the paper's DAPO is GRPO + the overlong reward manager
