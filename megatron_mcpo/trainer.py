@@ -21,7 +21,7 @@ from megatron_mcpo.data.batch import Rollout, build_train_batch
 from megatron_mcpo.data.dataset import PromptSampler, load_jsonl, record_domain, score_item
 from megatron_mcpo.data.synthetic import synthetic_suite
 from megatron_mcpo.distributed import broadcast_object, init_distributed
-from megatron_mcpo.models.projection import ProjectionHead, ProjectionTrainer
+from megatron_mcpo.models.projection import build_projector
 from megatron_mcpo.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from megatron_mcpo.training.minibatch import train_minibatch
 from megatron_mcpo.training.optimizer import setup_train_state
@@ -34,7 +34,7 @@ class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        validate(cfg, world_size=world)  # before any process group exists
+        validate(cfg, world_size=world)  # before any process group exists; resolves run.device once
         p = cfg.parallel
         self.groups = init_distributed(p.tp, p.pp, p.vpp, p.cp, cfg.run.device, cfg.run.seed)
         g = self.groups
@@ -52,9 +52,7 @@ class Trainer:
             self.reference = ReferencePolicy(cfg, self.hf_config, g, self._load_initial_weights)
         self.projector = None
         if cfg.algorithm.is_mcpo and g.is_last_stage:
-            m = cfg.mcpo
-            head = ProjectionHead(self.hf_config["hidden_size"], m.proj_hidden_dim, m.proj_dim, seed=cfg.run.seed)
-            self.projector = ProjectionTrainer(head, m.proj_lr, m.proj_weight_decay, m.proj_grad_clip, m.frozen_head)
+            self.projector = build_projector(cfg.mcpo, self.hf_config["hidden_size"], cfg.run.seed, g.device)
         self.engine_rank = g.tp_rank == 0 and g.pp_rank == 0
         self.engine = self._make_engine() if self.engine_rank else None
         self.scorer = self._make_scorer() if self.engine_rank else None
@@ -80,7 +78,7 @@ class Trainer:
         if self.reference is not None:                                            # KL term: log π_ref
             tic = time.perf_counter()
             ref = self.reference.logprobs(batch)
-            batch["ref_logprobs"] = ref if ref is not None else torch.zeros(batch["tokens"].shape)
+            batch["ref_logprobs"] = ref if ref is not None else torch.zeros(batch["tokens"].shape, device=g.device)
             t["time/ref_logprob"] = time.perf_counter() - tic
         tic = time.perf_counter()
         metrics = {}
@@ -123,7 +121,7 @@ class Trainer:
                 keep, _ = dynamic_sampling_filter(values, torch.tensor([r.prompt_uid for r in new]), a.dynamic_sampling_metric)
                 new = [r for r, k in zip(new, keep.tolist()) if k]
             kept += new
-            have = torch.tensor([len(kept) // cfg.rollout.n])
+            have = torch.tensor([len(kept) // cfg.rollout.n], device=g.device)
             dist.all_reduce(have, op=dist.ReduceOp.MIN, group=g.dp)
             if int(have) >= per_rank:
                 break
@@ -172,7 +170,7 @@ class Trainer:
         return build_train_batch(
             rollouts, adv_estimator=a.adv_estimator, adv_eps=a.adv_eps,
             overlong=overlong if a.overlong_buffer_enable else None,
-            scatter_seed=self.gen_batches if cfg.mcpo.pool_order == "scattered" else None,
+            scatter_seed=self.gen_batches if cfg.mcpo.pool_order == "scattered" else None, device=self.groups.device,
         )
 
     def old_logprobs(self, batch: dict) -> tuple[dict, dict]:
@@ -180,7 +178,7 @@ class Trainer:
         and how far the engine's sampling log-probs are from them (train/rollout mismatch)."""
         outs = forward_outputs(self.state.policy, split_microbatches(batch, self.cfg.parallel.micro_batch_size))
         if outs is None:  # not the last pipeline stage: the loss is computed elsewhere
-            return {"old_logprobs": torch.zeros(batch["tokens"].shape)}, {}
+            return {"old_logprobs": torch.zeros(batch["tokens"].shape, device=self.groups.device)}, {}
         out = concat_outputs(outs)
         m = batch["response_mask"]
         diff = (out.logprobs - batch["sample_logprobs"]).abs()[m]
@@ -277,7 +275,8 @@ class Trainer:
         self.gen_batches = int(common["gen_batches"])
         self.rl_steps = int(common["rl_steps"])
         if self.projector is not None:
-            self.projector.load_state_dict(torch.load(os.path.join(path, "projector.pt"), weights_only=False))
+            self.projector.load_state_dict(torch.load(os.path.join(path, "projector.pt"), map_location=self.groups.device,
+                                                      weights_only=False))
         self.refit()  # the engine still holds the initial weights
 
     def save(self) -> str:
