@@ -86,7 +86,7 @@ export PYTHONPATH=/tmp/mcpo_site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 # -- env
 {
   [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  "$PY" -c "
+  "$PY" -W ignore -c "
 import platform, torch, transformers, megatron.core as m
 print('python', platform.python_version(), '| torch', torch.__version__, '| cuda', torch.version.cuda,
       '| transformers', transformers.__version__, '| megatron-core', m.__version__)"

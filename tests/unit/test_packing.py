@@ -124,5 +124,5 @@ def test_config_rejects_packing_with_context_parallel():
 
     cfg = load_config(overrides=["model.sequence_packing=true", "parallel.cp=2"])
     with pytest.raises(ConfigError, match="model.sequence_packing: not supported with context parallel"):
-        validate(cfg, cuda_available=True)
+        validate(cfg, cuda_available=True, te_available=True)  # cp itself needs TE attention
     validate(load_config(overrides=["model.sequence_packing=true"]), cuda_available=False)
