@@ -16,11 +16,11 @@
 #   gpu_tests    every GPU-marked test (tests/gpu/*, the NCCL case of tests/rollout/test_broadcast.py):
 #                single-GPU vs CPU parity of forward, loss and gradients; every trainer tensor on cuda and
 #                the MCPO steps equal to CPU; TE/FP8, vLLM and 2-GPU cases skip where those are missing
-#   rl_loop      benchmarks/rl_loop_check.py: GRPO and MCPO-GRPO through `mcpo train` with rollout.engine=hf,
-#                KL reference on, checkpoint, resume, HF export (skipped where the HF engine is absent)
 #   train_step   benchmarks/train_step_gpu.py: the 1B model, ours vs the HF transformers peers, micro-batch
 #                1 and 4, with a torch.profiler table per system
 #   mcpo_overhead benchmarks/mcpo_overhead.py on the device
+#   rl_loop      benchmarks/rl_loop_check.py: GRPO and MCPO-GRPO through `mcpo train` with rollout.engine=hf,
+#                KL reference on, checkpoint, resume, HF export (skipped on CPU where the HF engine is absent)
 # Logs, result JSONs and OUT/summary.md (the one summary file) go to $OUT (default outputs/gpu_checks).
 # Copy the result JSONs worth keeping to benchmarks/results/ and update README "GPU status".
 set -u -o pipefail
@@ -98,16 +98,6 @@ cat "$OUT/env.txt"
 mapfile -t GPU_TEST_FILES < <(grep -rl "pytest.mark.gpu" tests --include='test_*.py' | sort)
 check gpu_tests 150 "$PY" -m pytest "${GPU_TEST_FILES[@]}" -m gpu -q -rs -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml"
 
-# -- the RL loop with the in-process HF engine
-rl_loop() {
-  "$PY" benchmarks/rl_loop_check.py --device "$DEVICE" --out "$OUT/rl"
-  local rc=$?
-  if [ $rc -eq 3 ] && [ "$DEVICE" = cuda ]; then return 1; fi  # on the GPU machine a missing engine is a failure
-  return $rc
-}
-export -f rl_loop
-check rl_loop 120 bash -c rl_loop
-
 # -- the 1B train step next to HF transformers (tiny on CPU), and the MCPO overhead
 if [ "$DEVICE" = cuda ]; then
   check train_step 120 "$PY" benchmarks/train_step_gpu.py --device cuda --preset 1b \
@@ -119,6 +109,16 @@ else
   check mcpo_overhead 60 "$PY" benchmarks/mcpo_overhead.py --device cpu --smoke --repeats 1 \
     --out "$OUT/mcpo_overhead_smoke_cpu.json"
 fi
+
+# -- the RL loop with the in-process HF engine
+rl_loop() {
+  "$PY" benchmarks/rl_loop_check.py --device "$DEVICE" --out "$OUT/rl"
+  local rc=$?
+  if [ $rc -eq 3 ] && [ "$DEVICE" = cuda ]; then return 1; fi  # on the GPU machine a missing engine is a failure
+  return $rc
+}
+export -f rl_loop
+check rl_loop 150 bash -c rl_loop
 
 "$PY" benchmarks/gpu_checks_summary.py "$OUT"
 echo "total $(($(date +%s) - START)) s; summary: $OUT/summary.md"

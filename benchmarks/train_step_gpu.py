@@ -212,8 +212,9 @@ def main() -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default="1b")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     p.add_argument("--steps", type=int, default=None,
-                   help="timed steps per system and micro-batch size, after 2 warm-up (default 5; tiny: 2)")
-    p.add_argument("--micro-batches", type=int, default=4, help="micro-batches per optimizer step")
+                   help="timed steps per system and micro-batch size (default 5; tiny: 2)")
+    p.add_argument("--micro-batches", type=int, default=None, help="micro-batches per optimizer step (default 4; tiny: 2)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2; tiny: 1)")
     p.add_argument("--micro-batch-sizes", default="1,4", help="comma-separated sequences per micro-batch")
     p.add_argument("--seq-len", type=int, default=None, help="default 2048; tiny: 128")
     p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {','.join(SYSTEMS)}")
@@ -223,6 +224,8 @@ def main() -> None:
     args = p.parse_args()
     tiny = args.preset == "tiny"
     args.steps = args.steps or (2 if tiny else 5)
+    args.micro_batches = args.micro_batches or (2 if tiny else 4)
+    args.warmup = args.warmup if args.warmup is not None else (1 if tiny else 2)
     args.seq_len = args.seq_len or (128 if tiny else 2048)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("train_step_gpu: no CUDA device (use --device cpu --preset tiny for a smoke run)")
@@ -261,7 +264,7 @@ def main() -> None:
         described[name] = desc
         runs[name] = {}
         for mbs in sizes:
-            r = measure(step, batches[mbs], device, args.steps)
+            r = measure(step, batches[mbs], device, args.steps, args.warmup)
             tokens = mbs * args.micro_batches * args.seq_len
             r["tokens_per_s"] = round(tokens / r["step_s_median"], 1)
             flops = flops_per_token * r["tokens_per_s"]
@@ -293,6 +296,7 @@ def main() -> None:
         "model": {"preset": args.preset, **{k: hf[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size",
                                                                "num_attention_heads", "num_key_value_heads")}},
         "setup": {"device": args.device, "micro_batches_per_step": args.micro_batches, "seq_len": args.seq_len,
+                  "warmup_steps": args.warmup,
                   "tokens_per_step": {f"micro_batch_{m}": m * args.micro_batches * args.seq_len for m in sizes}},
         "systems": described,
         "model_flops_per_token": flops_per_token,
