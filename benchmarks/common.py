@@ -1,6 +1,7 @@
 """Shared benchmark helpers: the machine description every results JSON carries."""
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -29,8 +30,15 @@ def machine_info(**extra) -> dict:
         "loadavg_1min_at_start": round(os.getloadavg()[0], 2),
         "date": time.strftime("%Y-%m-%d"),
     }
+    for package in ("transformers", "megatron-core", "vllm", "transformer_engine"):
+        try:
+            info[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
     if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=torch.cuda.get_device_name(0), gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                    gpu_count=torch.cuda.device_count(), cuda=torch.version.cuda)
     return {**info, **extra}
 
 

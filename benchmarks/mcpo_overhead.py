@@ -11,6 +11,7 @@ Sections (run one or several; each writes its own key into the results JSON, the
 
 Usage:
   python benchmarks/mcpo_overhead.py --section loss [--device cpu|cuda] [--repeats 5] [--threads N] [--out PATH]
+  python benchmarks/mcpo_overhead.py --smoke --repeats 1 --out /tmp/x.json   # the same code on tiny sizes (CPU smoke)
 Results: benchmarks/results/mcpo_overhead_<device>.json, with the machine described.
 """
 from __future__ import annotations
@@ -61,7 +62,7 @@ def synthetic_pool(n: int, device: torch.device, seed: int = 0):
     return hidden, rewards.to(device), prompts.to(device), domains.to(device)
 
 
-def bench_loss(device: torch.device, repeats: int) -> dict:
+def bench_loss(device: torch.device, repeats: int, smoke: bool = False) -> dict:
     """Projector (Linear(4096,256)-ReLU-Linear(256,256), fp32) + MCPO loss, forward + backward."""
     cfg = MCPOConfig()
     torch.manual_seed(0)
@@ -71,7 +72,7 @@ def bench_loss(device: torch.device, repeats: int) -> dict:
         torch.nn.Linear(cfg.proj_hidden_dim, cfg.proj_dim),
     ).to(device)
     rows = []
-    for n in POOL_SIZES:
+    for n in POOL_SIZES[:1] if smoke else POOL_SIZES:
         hidden, rewards, prompts, domains = synthetic_pool(n, device)
         hidden.requires_grad_()
 
@@ -105,16 +106,17 @@ def bench_loss(device: torch.device, repeats: int) -> dict:
     }
 
 
-def bench_train_step(device: torch.device, repeats: int) -> dict:
+def bench_train_step(device: torch.device, repeats: int, smoke: bool = False) -> dict:
     from megatron_mcpo.config import load_config
     from megatron_mcpo.distributed import init_distributed
     from megatron_mcpo.models.projection import ProjectionHead, ProjectionTrainer
     from megatron_mcpo.training.minibatch import train_minibatch
     from megatron_mcpo.training.optimizer import setup_train_state
 
-    hf = dict(model_type="qwen3", vocab_size=8192, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
-              num_attention_heads=8, num_key_value_heads=4, head_dim=64, hidden_act="silu",
-              max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=False,
+    d = 128 if smoke else 512
+    hf = dict(model_type="qwen3", vocab_size=1024 if smoke else 8192, hidden_size=d, intermediate_size=3 * d,
+              num_hidden_layers=2 if smoke else 4, num_attention_heads=8, num_key_value_heads=4, head_dim=64,
+              hidden_act="silu", max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=False,
               rope_parameters={"rope_type": "default", "rope_theta": 1e6})
     base = [f"run.device={device.type}", "parallel.micro_batch_size=4", "mcpo.warmup_batches=0", "rollout.n=4"]
     variants = {
@@ -126,40 +128,45 @@ def bench_train_step(device: torch.device, repeats: int) -> dict:
     cfgs = {k: load_config(overrides=base + v) for k, v in variants.items()}
     groups = init_distributed(device=device.type)
     state = setup_train_state(cfgs["grpo"], hf, groups)
-    projector = ProjectionTrainer(ProjectionHead(512, 256, 256), lr=1e-3, weight_decay=0.01, grad_clip=1.0)
+    projector = ProjectionTrainer(ProjectionHead(d, 256, 256).to(device), lr=1e-3, weight_decay=0.01, grad_clip=1.0)
     g = torch.Generator().manual_seed(0)
-    n, seq = 32, 128
+    n, seq = (16, 64) if smoke else (32, 128)
     batch = {
-        "tokens": torch.randint(0, 8192, (n, seq), generator=g),
-        "response_mask": torch.arange(seq).expand(n, -1) >= 32,
+        "tokens": torch.randint(0, hf["vocab_size"], (n, seq), generator=g),
+        "response_mask": torch.arange(seq).expand(n, -1) >= seq // 4,
         "old_logprobs": -torch.rand(n, seq, generator=g) * 5,
         "advantages": torch.randn(n, generator=g),
         "rewards": (torch.rand(n, generator=g) > 0.5).float(),
         "prompt_ids": torch.arange(n) // 4,
         "domain_ids": (torch.arange(n) // 4) % len(DOMAINS),
-        "pooled_old": torch.randn(n, 512, generator=g),
+        "pooled_old": torch.randn(n, d, generator=g),
     }
     batch = {k: v.to(device) for k, v in batch.items()}
     times: dict[str, list] = {k: [] for k in variants}
     for i in range(repeats + 1):
         for name, cfg in cfgs.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             t0 = time.perf_counter()
             train_minibatch(state, projector, batch, cfg, reuse_old_pooled=name == "mcpo_exact_reuse_old")
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             if i:  # the first round warms up
                 times[name].append((time.perf_counter() - t0) * 1000)
     med = {k: statistics.median(v) for k, v in times.items()}
     rows = {k: {"step_ms": round(v, 1), "ratio_vs_grpo": round(v / med["grpo"], 3)} for k, v in med.items()}
     print(json.dumps(rows), flush=True)
     return {
-        "what": "median ms of one optimizer step (32 rollouts x 128 tokens, 8 micro-batches of 4) of a d=512, "
-                "4-layer fp32 Megatron model, single process; variants interleaved in each round",
+        "what": f"median ms of one optimizer step ({n} rollouts x {seq} tokens, micro-batches of 4) of a d={d}, "
+                f"{hf['num_hidden_layers']}-layer fp32 Megatron model, single process; variants interleaved in each round",
+        "smoke": smoke,
         "baseline": "grpo: the same step without the contrastive term",
         "repeats": repeats,
         "rows": rows,
     }
 
 
-SECTIONS: dict[str, Callable[[torch.device, int], dict]] = {"loss": bench_loss, "train_step": bench_train_step}
+SECTIONS: dict[str, Callable[[torch.device, int, bool], dict]] = {"loss": bench_loss, "train_step": bench_train_step}
 
 
 def main() -> None:
@@ -169,6 +176,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the code path, measures nothing")
     parser.add_argument("--out", default=None,
                         help="results JSON (default: benchmarks/results/mcpo_overhead_<device>.json)")
     args = parser.parse_args()
@@ -182,7 +190,7 @@ def main() -> None:
         with open(out) as f:
             results = json.load(f)
     for name in args.section or sorted(SECTIONS):  # each section records its own machine
-        results["sections"][name] = {"machine": machine_info(device=str(device)), **SECTIONS[name](device, args.repeats)}
+        results["sections"][name] = {"machine": machine_info(device=str(device)), **SECTIONS[name](device, args.repeats, args.smoke)}
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump(results, f, indent=2)

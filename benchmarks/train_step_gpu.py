@@ -1,21 +1,37 @@
-"""Single-GPU train step of a ~1B Megatron model (local layer spec, bf16): tokens/s and MFU, next to the
-same GPU's measured bf16 matmul rate in the same run.
+"""One training step of a Llama-3.2-1B-shaped model: our Megatron step next to the plain HF transformers
+model, in the same run, same batch, sequence length, precision and optimizer family.
 
-    python benchmarks/train_step_gpu.py [--steps 10] [--micro-batches 4] [--seq-len 2048] [--out PATH]
-    python benchmarks/train_step_gpu.py --preset tiny --device cpu   # a smoke run of the same code path
+    python benchmarks/train_step_gpu.py [--steps 5] [--micro-batches 4] [--micro-batch-sizes 1,4]
+                                        [--seq-len 2048] [--profile-dir DIR] [--out PATH]
+    python benchmarks/train_step_gpu.py --preset tiny --device cpu   # the smoke run of the same code (< 1 min)
+
+Systems (each built, measured at every micro-batch size, then freed before the next; HF first, so
+nothing of Megatron's process-wide state is resident while the peers are measured):
+  hf_amp   LlamaForCausalLM (attn_implementation="sdpa"), fp32 master weights and gradients, bf16 autocast,
+           fused torch AdamW: the same precision recipe as Megatron's bf16 (fp32 main params and grads,
+           fp32 Adam states) — compare memory against this one.
+  hf_bf16  the same model held in bf16 (parameters, gradients and Adam states), fused AdamW: the fastest
+           and smallest plain-HF set-up, reported beside it.
+  ours     megatron_mcpo's train step (training/train_step.py, the model the provider builds for this
+           device: TE where installed, else the local spec), bf16 params with fp32 main params, Adam.
+Loss: ours -Σ log π(token)/N over every token (the RL loss path: vocab-parallel log-probs and entropy);
+the peers HF's own causal-LM loss (labels = tokens). On CPU everything runs fp32 (hf_bf16 in bf16).
 
 Model FLOPs per trained token (no recompute; forward x3 for forward + backward):
-  6 * (P_layers + V * h)  +  6 * L * s * h      (the second term: QK^T and AV under a causal mask, s/2 keys
-                                                 on average, 2 matmuls x 2 FLOPs x 3)
-MFU = model FLOPs/s / 989e12 (H100/H200 SXM dense bf16); also reported against the measured matmul rate.
+  6 * (P_layers + V * h)  +  6 * L * s * q      (the second term: QK^T and AV under a causal mask, s/2 keys
+                                                 on average, 2 matmuls x 2 FLOPs x 3; q = heads * head_dim)
+MFU = model FLOPs/s / 989e12 (H100/H200 SXM dense bf16), and against a bf16 matmul rate measured in the run.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import os
 import statistics
 import sys
 import time
+from typing import Callable
 
 import torch
 
@@ -32,6 +48,7 @@ PRESETS = {
 }
 COMMON = dict(hidden_act="silu", max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=500000.0,
               attention_bias=False, mlp_bias=False)
+SYSTEMS = ("hf_amp", "hf_bf16", "ours")
 
 
 def model_flops_per_token(hf: dict, seq_len: int) -> float:
@@ -40,6 +57,11 @@ def model_flops_per_token(hf: dict, seq_len: int) -> float:
     q = hf["num_attention_heads"] * hf["head_dim"]
     per_layer = h * q + 2 * h * kv + q * h + 3 * h * hf["intermediate_size"]
     return 6 * (L * per_layer + V * h) + 6 * L * seq_len * q
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def matmul_flops_per_s(device: torch.device, n: int, repeats: int = 10) -> float:
@@ -56,80 +78,236 @@ def matmul_flops_per_s(device: torch.device, n: int, repeats: int = 10) -> float
     return 2 * n**3 * repeats / (time.perf_counter() - t)
 
 
-def _sync(device: torch.device) -> None:
+def _gib(n: float) -> float:
+    return round(n / 2**30, 2)
+
+
+# ---------------------------------------------------------------------------------------------- systems
+# Each builder returns (step_fn(microbatches of token tensors [b, s]), description, release_fn).
+
+
+def build_hf(hf: dict, device: torch.device, recipe: str):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**{k: v for k, v in hf.items() if k != "model_type"}, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(config)
+    half = recipe == "hf_bf16"
+    if half:
+        model = model.to(torch.bfloat16)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01, fused=device.type == "cuda")
+    autocast = device.type == "cuda" and not half
+
+    def step(microbatches: list[torch.Tensor]) -> None:
+        for tokens in microbatches:
+            ctx = torch.autocast("cuda", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+            with ctx:
+                loss = model(input_ids=tokens, labels=tokens).loss / len(microbatches)
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def release():
+        nonlocal model, optimizer
+        model = optimizer = None
+
+    precision = ("bf16 params/grads/Adam states" if half else
+                 "fp32 master params and grads, bf16 autocast" if autocast else "fp32")
+    desc = {"implementation": "transformers LlamaForCausalLM, attn_implementation=sdpa",
+            "precision": precision, "optimizer": f"torch AdamW (fused={device.type == 'cuda'}), grad clip 1.0",
+            "loss": "HF causal-LM loss (labels = tokens)",
+            "parameters": sum(p.numel() for p in model.parameters())}
+    return step, desc, release
+
+
+def build_ours(hf: dict, device: torch.device, transformer_impl: str):
+    from megatron_mcpo.config import Config
+    from megatron_mcpo.distributed import init_distributed
+    from megatron_mcpo.models.provider import use_transformer_engine
+    from megatron_mcpo.training.optimizer import setup_train_state
+    from megatron_mcpo.training.train_step import train_step
+
+    cfg = Config()
+    cfg.run.device = device.type
+    cfg.model.params_dtype = "bf16" if device.type == "cuda" else "fp32"
+    cfg.model.transformer_impl = transformer_impl
+    cfg.optimizer.lr = 1e-5
+    groups = init_distributed(device=device.type)
+    state = setup_train_state(cfg, hf, groups)
+
+    def step(microbatches: list[torch.Tensor]) -> None:
+        total = float(sum(t.numel() for t in microbatches))
+        mbs = [{"tokens": t, "response_mask": torch.ones_like(t, dtype=torch.bool)} for t in microbatches]
+
+        def loss_fn(out, mb):
+            loss = -(out.logprobs * mb["response_mask"]).sum() / total
+            return loss, {"loss": loss.detach()}
+
+        train_step(state, mbs, loss_fn)
+
+    def release():
+        nonlocal state
+        state = None
+
+    desc = {"implementation": "megatron_mcpo train_step (megatron-core GPTModel, DDP, Megatron optimizer)",
+            "layer_spec": "transformer_engine" if use_transformer_engine(cfg.model, device) else "local",
+            "core_attention": type(_core_attention(state)).__name__,
+            "precision": f"{cfg.model.params_dtype} params" + (", fp32 main params and grads" if device.type == "cuda" else ""),
+            "optimizer": "megatron Adam (TE/apex fused where installed, else torch AdamW), grad clip 1.0",
+            "loss": "-sum log-prob / tokens via vocab-parallel log-probs + entropy",
+            "parameters": sum(p.numel() for p in state.policy.parameters())}
+    return step, desc, release
+
+
+def _core_attention(state):
+    from megatron_mcpo.models.policy import unwrap
+
+    return unwrap(state.policy.chunks[0]).decoder.layers[0].self_attention.core_attention
+
+
+# ---------------------------------------------------------------------------------------------- timing
+
+
+def measure(step: Callable, batches: list[torch.Tensor], device: torch.device, steps: int, warmup: int = 2) -> dict:
+    """Median step time over `steps` after `warmup` steps; peak memory since the first of them."""
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for i in range(warmup + steps):
+        _sync(device)
+        t = time.perf_counter()
+        step(batches)
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    out = {"step_s_median": round(statistics.median(times), 4), "steps": len(times)}
+    if device.type == "cuda":
+        out["peak_memory_gib"] = _gib(torch.cuda.max_memory_allocated(device))
+    return out
+
+
+def profile_step(step: Callable, batches: list[torch.Tensor], device: torch.device, path: str, rows: int = 30) -> None:
+    """One step under torch.profiler; the top kernels/ops by self time to `path`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step(batches)
+        _sync(device)
+    averages = prof.key_averages()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    with open(path, "w") as f:
+        if device.type == "cuda":
+            busy = sum(e.self_device_time_total for e in averages) / 1e6
+            f.write(f"GPU busy (sum of self device time): {busy:.4f} s\n\n")
+        f.write(averages.table(sort_by=key, row_limit=rows))
+    print(f"wrote {path}")
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="1b")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--micro-batches", type=int, default=4)
-    p.add_argument("--micro-batch-size", type=int, default=1)
-    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed steps per system and micro-batch size (default 5; tiny: 2)")
+    p.add_argument("--micro-batches", type=int, default=None, help="micro-batches per optimizer step (default 4; tiny: 2)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2; tiny: 1)")
+    p.add_argument("--micro-batch-sizes", default="1,4", help="comma-separated sequences per micro-batch")
+    p.add_argument("--seq-len", type=int, default=None, help="default 2048; tiny: 128")
+    p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {','.join(SYSTEMS)}")
+    p.add_argument("--transformer-impl", choices=["auto", "local", "transformer_engine"], default="auto")
+    p.add_argument("--profile-dir", default=None, help="write a torch.profiler top-kernel table per system (micro-batch size 1)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
+    tiny = args.preset == "tiny"
+    args.steps = args.steps or (2 if tiny else 5)
+    args.micro_batches = args.micro_batches or (2 if tiny else 4)
+    args.warmup = args.warmup if args.warmup is not None else (1 if tiny else 2)
+    args.seq_len = args.seq_len or (128 if tiny else 2048)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("train_step_gpu: no CUDA device (use --device cpu --preset tiny for a smoke run)")
-    if args.device == "cuda":  # fp32 matmuls stay fp32: the bf16 model runs bf16 GEMMs either way
+    device = torch.device(args.device, 0) if args.device == "cuda" else torch.device("cpu")
+    if device.type == "cuda":  # fp32 matmuls stay fp32: the bf16 recipes run bf16 GEMMs either way
+        torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = False
-    from megatron_mcpo.config import Config
-    from megatron_mcpo.distributed import init_distributed
-    from megatron_mcpo.training.optimizer import setup_train_state
-    from megatron_mcpo.training.train_step import split_microbatches, train_step
-
+        torch.backends.cudnn.allow_tf32 = False
+    systems = [s for s in args.systems.split(",") if s]
+    unknown = set(systems) - set(SYSTEMS)
+    if unknown:
+        sys.exit(f"train_step_gpu: unknown systems {sorted(unknown)} (choose from {SYSTEMS})")
+    systems.sort(key=SYSTEMS.index)  # HF peers first (see the module doc)
+    sizes = [int(x) for x in args.micro_batch_sizes.split(",")]
     hf = {**PRESETS[args.preset], **COMMON}
-    cfg = Config()
-    cfg.run.device = args.device
-    cfg.model.params_dtype = "bf16" if args.device == "cuda" else "fp32"
-    cfg.model.transformer_impl = "local"  # the issue's GPU baseline; TE is measured separately when installed
-    cfg.optimizer.lr = 1e-5
-    groups = init_distributed(device=args.device)
-    state = setup_train_state(cfg, hf, groups)
-    n_params = sum(p.numel() for p in state.policy.parameters())
-    dev = groups.device
-    n_seqs = args.micro_batches * args.micro_batch_size
+    flops_per_token = model_flops_per_token(hf, args.seq_len)
+    matmul = matmul_flops_per_s(device, 8192 if device.type == "cuda" else 1024)
     g = torch.Generator().manual_seed(0)
-    batch = {"tokens": torch.randint(0, hf["vocab_size"], (n_seqs, args.seq_len), generator=g).to(dev),
-             "response_mask": torch.ones(n_seqs, args.seq_len, dtype=torch.bool, device=dev)}
-    total = float(batch["response_mask"].sum())
+    batches = {mbs: [torch.randint(0, hf["vocab_size"], (mbs, args.seq_len), generator=g).to(device)
+                     for _ in range(args.micro_batches)] for mbs in sizes}
+    if args.profile_dir:
+        os.makedirs(args.profile_dir, exist_ok=True)
 
-    def loss_fn(out, mb):
-        loss = -(out.logprobs * mb["response_mask"]).sum() / total
-        return loss, {"loss": loss.detach()}
+    runs, described = {}, {}
+    for name in systems:
+        gc.collect()
+        resident = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+        t0 = time.perf_counter()
+        if name == "ours":
+            step, desc, release = build_ours(hf, device, args.transformer_impl)
+        else:
+            step, desc, release = build_hf(hf, device, name)
+        desc["build_s"] = round(time.perf_counter() - t0, 2)
+        if device.type == "cuda":
+            desc["resident_before_build_gib"] = _gib(resident)  # what another system left behind (should be ~0)
+        described[name] = desc
+        runs[name] = {}
+        for mbs in sizes:
+            r = measure(step, batches[mbs], device, args.steps, args.warmup)
+            tokens = mbs * args.micro_batches * args.seq_len
+            r["tokens_per_s"] = round(tokens / r["step_s_median"], 1)
+            flops = flops_per_token * r["tokens_per_s"]
+            r["model_tflops_per_s"] = round(flops / 1e12, 2)
+            r["mfu_vs_989_tflops"] = round(flops / PEAK_BF16_FLOPS, 4)
+            r["mfu_vs_measured_matmul"] = round(flops / matmul, 4)
+            runs[name][f"micro_batch_{mbs}"] = r
+            print(name, f"micro-batch {mbs}:", r, flush=True)
+        if args.profile_dir:
+            profile_step(step, batches[sizes[0]], device, os.path.join(args.profile_dir, f"profile_{name}_{args.device}.txt"))
+        release()
+        del step
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
-    times = []
-    for i in range(args.steps + 2):  # two warm-up steps
-        _sync(dev)
-        t = time.perf_counter()
-        train_step(state, split_microbatches(batch, args.micro_batch_size), loss_fn)
-        _sync(dev)
-        if i >= 2:
-            times.append(time.perf_counter() - t)
-    step_s = statistics.median(times)
-    tokens_per_s = n_seqs * args.seq_len / step_s
-    flops = model_flops_per_token(hf, args.seq_len) * tokens_per_s
-    matmul = matmul_flops_per_s(dev, 8192 if dev.type == "cuda" else 1024)
+    ratios = {}
+    if "ours" in runs:
+        for peer in (s for s in systems if s != "ours"):
+            per = {}
+            for key, ours in runs["ours"].items():
+                other = runs[peer][key]
+                per[key] = {"tokens_per_s": round(ours["tokens_per_s"] / other["tokens_per_s"], 3)}
+                if "peak_memory_gib" in ours:
+                    per[key]["peak_memory"] = round(ours["peak_memory_gib"] / other["peak_memory_gib"], 3)
+            ratios[f"ours_vs_{peer}"] = per
     result = {
         "benchmark": "train_step_gpu",
-        "model": {"preset": args.preset, "parameters": n_params, **{k: hf[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size")}},
-        "setup": {"device": args.device, "params_dtype": cfg.model.params_dtype, "transformer_impl": "local",
-                  "optimizer": "adam (megatron, fp32 main params)", "micro_batches": args.micro_batches,
-                  "micro_batch_size": args.micro_batch_size, "seq_len": args.seq_len},
-        "step_s_median": round(step_s, 4), "steps": len(times),
-        "tokens_per_s": round(tokens_per_s, 1),
-        "model_tflops_per_s": round(flops / 1e12, 2),
-        "mfu_vs_989_tflops": round(flops / PEAK_BF16_FLOPS, 4),
+        "model": {"preset": args.preset, **{k: hf[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size",
+                                                               "num_attention_heads", "num_key_value_heads")}},
+        "setup": {"device": args.device, "micro_batches_per_step": args.micro_batches, "seq_len": args.seq_len,
+                  "warmup_steps": args.warmup,
+                  "tokens_per_step": {f"micro_batch_{m}": m * args.micro_batches * args.seq_len for m in sizes}},
+        "systems": described,
+        "model_flops_per_token": flops_per_token,
         "matmul_tflops_per_s_same_run": round(matmul / 1e12, 2),
-        "ratio_to_matmul": round(flops / matmul, 4),
+        "runs": runs,
+        "ratios": ratios,
+        "target": "ours >= 1.0x hf_amp and hf_bf16 tokens/s at every micro-batch size; peak memory <= hf_amp's",
     }
-    if dev.type == "cuda":
-        result["max_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    out = args.out or os.path.join(os.path.dirname(__file__), "results", f"train_step_{args.device}_{args.preset}.json")
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                   f"train_step_gpu_{args.preset}_{args.device}.json")
     write_result(out, result)
-    print(result)
 
 
 if __name__ == "__main__":

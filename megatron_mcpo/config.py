@@ -462,17 +462,46 @@ def _require(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
-def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Optional[bool] = None,
-             check_files: bool = True) -> Config:
-    """Check the whole config; raise ConfigError naming the field. Touches no process group or GPU
-    beyond `torch.cuda.is_available()` when `cuda_available` is not given. `check_files`: also the
-    data files, model directory, checkpoints and the CPU engine's memory share (preflight.py)."""
+def resolve_device(requested: str, cuda_available: Optional[bool] = None) -> str:
+    """The run's device, decided once: "auto" -> "cuda" when a CUDA device is visible, else "cpu";
+    "cpu" and "cuda" stay as they are. Everything after this reads the resolved value, never CUDA itself."""
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"run.device: {requested!r} is not one of ['auto', 'cpu', 'cuda']")
+    if requested != "auto":
+        return requested
     if cuda_available is None:
         import torch
 
         cuda_available = torch.cuda.is_available()
-    on_gpu = cfg.run.device == "cuda" or (cfg.run.device == "auto" and cuda_available)
+    return "cuda" if cuda_available else "cpu"
+
+
+def _te_installed() -> bool:
+    from megatron_mcpo.models.te_support import installed
+
+    return installed()
+
+
+def validate(
+    cfg: Config, world_size: Optional[int] = None, cuda_available: Optional[bool] = None,
+    te_available: Optional[bool] = None, check_files: bool = True,
+) -> Config:
+    """Check the whole config; raise ConfigError naming the field. Resolves `run.device` in place
+    ("auto" -> "cpu"|"cuda", see `resolve_device`). Touches no process group or GPU beyond
+    `torch.cuda.is_available()` when `cuda_available` is not given; `te_available` (default: whether
+    Transformer Engine is installed here) decides the TE-only features (looked up only off CPU).
+    `check_files`: also the data files, model directory, checkpoints and the CPU engine's memory share
+    (preflight.py)."""
+    if cuda_available is None and cfg.run.device != "cpu":  # a CPU run never asks
+        import torch
+
+        cuda_available = torch.cuda.is_available()
     _require(cfg.run.device != "cuda" or cuda_available, "run.device: 'cuda' requested but no CUDA device is visible")
+    cfg.run.device = resolve_device(cfg.run.device, cuda_available)
+    on_gpu = cfg.run.device == "cuda"
+    te = (on_gpu and _te_installed()) if te_available is None else te_available
+    # What models/provider.py builds: the TE layer spec only on CUDA with TE installed and not "local".
+    te_spec = on_gpu and te and cfg.model.transformer_impl != "local"
 
     hf = read_hf_config(cfg.model.hf_path)
     model_family(hf)
@@ -487,6 +516,8 @@ def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Opti
     _require(layers % (p.pp * vpp) == 0, f"parallel.pp: pp*vpp={p.pp * vpp} does not divide num_hidden_layers={layers}")
     _require(p.vpp is None or p.pp > 1, "parallel.vpp: virtual pipeline stages need parallel.pp > 1")
     _require(not p.sequence_parallel or on_gpu, "parallel.sequence_parallel: needs Transformer Engine norms (GPU only)")
+    _require(not p.sequence_parallel or te_spec,
+             "parallel.sequence_parallel: needs the Transformer Engine layer spec (TE installed, model.transformer_impl not local)")
     _require(not p.sequence_parallel or p.tp > 1, "parallel.sequence_parallel: needs parallel.tp > 1")
     # Nothing slices the sequence per CP rank yet: every CP rank would compute the whole loss (gradient cp× too large).
     _require(p.cp == 1, "parallel.cp: context parallel > 1 is not supported yet (the loss is not sharded over the sequence)")
@@ -498,11 +529,14 @@ def validate(cfg: Config, world_size: Optional[int] = None, cuda_available: Opti
     m = cfg.model
     _require(m.fp8 is None or on_gpu, "model.fp8: FP8 needs a CUDA device with Transformer Engine")
     _require(m.transformer_impl != "transformer_engine" or on_gpu, "model.transformer_impl: transformer_engine needs CUDA")
+    _require(m.transformer_impl != "transformer_engine" or te,
+             "model.transformer_impl: transformer_engine requested but Transformer Engine is not installed")
     _require(m.attention_backend == "auto" or m.transformer_impl != "transformer_engine",
              f"model.attention_backend: '{m.attention_backend}' is a local-spec attention; transformer_impl=transformer_engine uses TE's (set auto)")
     if m.fp8 is not None:
         _require(m.transformer_impl != "local", "model.fp8: FP8 needs transformer_impl auto|transformer_engine")
         _require(m.attention_backend == "auto", "model.fp8: FP8 needs the TE spec (model.attention_backend=auto)")
+        _require(te, "model.fp8: FP8 needs Transformer Engine, which is not installed")
         _require(m.params_dtype == "bf16", "model.fp8: FP8 training expects model.params_dtype=bf16")
     _require(m.recompute_granularity is None or on_gpu, "model.recompute_granularity: activation recompute is GPU only")
 

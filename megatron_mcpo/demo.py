@@ -48,8 +48,8 @@ def sft_warm_start(trainer, steps: int, batch_size: int = 20, seed: int = 0) -> 
     losses = []
     for _ in range(steps):
         batch = _sft_batch(tokenizer, rng.sample(records, batch_size))
-        total = batch["response_mask"].sum()
-        local = {k: v[g.dp_rank * per_rank : (g.dp_rank + 1) * per_rank] for k, v in batch.items()}
+        total = float(batch["response_mask"].sum())
+        local = {k: v[g.dp_rank * per_rank : (g.dp_rank + 1) * per_rank].to(g.device) for k, v in batch.items()}
 
         def nll(out, mb):
             loss = -(out.logprobs * mb["response_mask"]).sum() / total

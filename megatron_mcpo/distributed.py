@@ -48,7 +48,10 @@ def free_port() -> int:
 
 
 def resolve_device(requested: str) -> torch.device:
-    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+    """This rank's torch device for run.device (resolved once by config.resolve_device; cuda: LOCAL_RANK's GPU)."""
+    from megatron_mcpo.config import resolve_device as resolve_name
+
+    if resolve_name(requested) == "cuda":
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
 
@@ -65,7 +68,8 @@ def init_distributed(
     """Initialise torch.distributed (NCCL on GPU, gloo on CPU) and Megatron's parallel state.
 
     Reads the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); without it,
-    runs as a single process. On CPU the megatron-core CPU backend is installed first.
+    runs as a single process. On CPU the megatron-core CPU backend is installed first. `device` (run.device)
+    is resolved here once; the returned groups' `.device` is where every tensor of the run lives.
     """
     from megatron.core import parallel_state as ps
     from megatron.core import tensor_parallel
@@ -99,11 +103,9 @@ def init_distributed(
     return current_groups(dev)
 
 
-def current_groups(device: Optional[torch.device] = None) -> ParallelGroups:
+def current_groups(device: torch.device) -> ParallelGroups:
     from megatron.core import parallel_state as ps
 
-    if device is None:
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     return ParallelGroups(
         tp=ps.get_tensor_model_parallel_group(),
         pp=ps.get_pipeline_model_parallel_group(),
@@ -168,8 +170,8 @@ def all_gather_with_grad(x: torch.Tensor, group) -> torch.Tensor:
     """
     if group is None or dist.get_world_size(group) == 1:
         return x
-    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(sizes, torch.tensor([x.shape[0]]), group=group)
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device), group=group)  # NCCL: on the device
     if len({int(s) for s in sizes}) != 1:
         raise ValueError(f"all_gather_with_grad: ranks hold different row counts {[int(s) for s in sizes]}")
     return _AllGatherWithGrad.apply(x, group)

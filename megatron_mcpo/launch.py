@@ -74,7 +74,8 @@ def main(argv=None) -> int:
         if args.nodes < 1 or args.gpus_per_node < 1:
             raise ValueError("--nodes and --gpus-per-node must be >= 1")
         cfg = load_config(args.config, args.overrides)
-        validate(cfg, world_size=args.nodes * args.gpus_per_node, cuda_available=True)  # before anything is submitted
+        # before anything is submitted; CUDA and TE are the job's (checked again on the nodes by the trainer)
+        validate(cfg, world_size=args.nodes * args.gpus_per_node, cuda_available=True, te_available=True)
         executor = build_executor(args)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"launch error: {e}", file=sys.stderr)

@@ -26,7 +26,7 @@ from megatron_mcpo.data.formats import load_records
 from megatron_mcpo.data.synthetic import synthetic_suite
 from megatron_mcpo.distributed import broadcast_object, init_distributed
 from megatron_mcpo.metrics_log import MetricsLogger
-from megatron_mcpo.models.projection import ProjectionHead, ProjectionTrainer
+from megatron_mcpo.models.projection import build_projector
 from megatron_mcpo.progress import phase
 from megatron_mcpo.training.checkpoint import load_checkpoint, save_checkpoint
 from megatron_mcpo.training.ckpt_files import LATEST, check_run_info, model_identity, resume_source
@@ -51,7 +51,7 @@ class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        validate(cfg, world_size=world)  # before any process group exists
+        validate(cfg, world_size=world)  # before any process group exists; resolves run.device once
         p = cfg.parallel
         self.groups = init_distributed(p.tp, p.pp, p.vpp, p.cp, cfg.run.device, cfg.run.seed)
         g = self.groups
@@ -67,9 +67,7 @@ class Trainer:
             self.reference = ReferencePolicy(cfg, self.hf_config, g, self._load_initial_weights)
         self.projector = None
         if cfg.algorithm.is_mcpo and g.is_last_stage:
-            m = cfg.mcpo
-            head = ProjectionHead(self.hf_config["hidden_size"], m.proj_hidden_dim, m.proj_dim, seed=cfg.run.seed)
-            self.projector = ProjectionTrainer(head, m.proj_lr, m.proj_weight_decay, m.proj_grad_clip, m.frozen_head)
+            self.projector = build_projector(cfg.mcpo, self.hf_config["hidden_size"], cfg.run.seed, g.device)
         self.placement = self._plan_placement()
         with phase("rollout engine start"):
             self.engine = self._make_engine() if self.placement.engine_id is not None else None
@@ -109,7 +107,7 @@ class Trainer:
         if self.reference is not None:                                            # KL term: log π_ref
             tic = time.perf_counter()
             ref = self.reference.logprobs(batch)
-            batch["ref_logprobs"] = ref if ref is not None else torch.zeros(batch["tokens"].shape)
+            batch["ref_logprobs"] = ref if ref is not None else torch.zeros(batch["tokens"].shape, device=g.device)
             t["time/ref_logprob"] = time.perf_counter() - tic
         tic = time.perf_counter()
         metrics = {}
@@ -247,7 +245,7 @@ class Trainer:
         return build_train_batch(
             rollouts, adv_estimator=a.adv_estimator, adv_eps=a.adv_eps,
             overlong=overlong if a.overlong_buffer_enable else None,
-            scatter_seed=self.gen_batches if cfg.mcpo.pool_order == "scattered" else None,
+            scatter_seed=self.gen_batches if cfg.mcpo.pool_order == "scattered" else None, device=self.groups.device,
         )
 
     def old_logprobs(self, batch: dict) -> tuple[dict, dict]:
@@ -255,7 +253,7 @@ class Trainer:
         and how far the engine's sampling log-probs are from them (train/rollout mismatch)."""
         outs = forward_outputs(self.state.policy, split_microbatches(batch, self.cfg.parallel.micro_batch_size))
         if outs is None:  # not the last pipeline stage: the loss is computed elsewhere
-            return {"old_logprobs": torch.zeros(batch["tokens"].shape)}, {}
+            return {"old_logprobs": torch.zeros(batch["tokens"].shape, device=self.groups.device)}, {}
         out = concat_outputs(outs)
         m = batch["response_mask"]
         diff = (out.logprobs - batch["sample_logprobs"]).abs()[m]
@@ -385,7 +383,7 @@ class Trainer:
         head = os.path.join(path, "projector.pt")
         if self.projector is not None:
             if os.path.isfile(head):
-                self.projector.load_state_dict(torch.load(head, weights_only=False))
+                self.projector.load_state_dict(torch.load(head, map_location=self.groups.device, weights_only=False))
             elif self.groups.world_rank == 0:
                 print(f"checkpoint: {path} has no MCPO projection head (saved without MCPO): starting a new one", flush=True)
         if self.groups.world_rank == 0:

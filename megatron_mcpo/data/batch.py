@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -31,11 +31,13 @@ def build_train_batch(
     overlong: Optional[tuple[int, int, float]] = None,
     scatter_seed: Optional[int] = None,
     pad_multiple: int = 8,
+    device: Union[str, torch.device] = "cpu",
 ) -> dict:
     """Tensors aligned with `tokens` [n, s] (s = longest sequence rounded up to pad_multiple):
     response_mask [n, s], sample_logprobs [n, s] (0 off the response), rewards [n] (overlong-shaped when
     `overlong` = (max_response_length, buffer_len, penalty_factor)), prompt_ids, domain_ids, advantages [n].
-    Rows keep the rollouts' order (whole prompt groups) unless `scatter_seed` permutes them."""
+    Rows keep the rollouts' order (whole prompt groups) unless `scatter_seed` permutes them. Built on the
+    host, returned on `device` (the run's device: the losses, pool and collectives use them there)."""
     scores = torch.tensor([r.score for r in rollouts], dtype=torch.float32)
     if overlong is not None:
         lengths = torch.tensor([len(r.response_ids) for r in rollouts])
@@ -59,4 +61,4 @@ def build_train_batch(
     if scatter_seed is not None:  # a prompt's rollouts spread over the mini-batches (verl's balancing order)
         perm = torch.randperm(len(rollouts), generator=torch.Generator().manual_seed(scatter_seed))
         batch = {k: v[perm] for k, v in batch.items()}
-    return batch
+    return {k: v.to(device) for k, v in batch.items()}

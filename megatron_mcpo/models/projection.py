@@ -55,3 +55,10 @@ class ProjectionTrainer:
         self.head.load_state_dict(state["head"])
         if self.optimizer is not None and state.get("optimizer") is not None:
             self.optimizer.load_state_dict(state["optimizer"])
+
+
+def build_projector(mcpo, d_model: int, seed: int, device) -> ProjectionTrainer:
+    """The run's head (initialised on the host from `seed`, so every device starts from the same φ) on
+    `device`, with its optimizer. `mcpo`: the config's MCPOConfig."""
+    head = ProjectionHead(d_model, mcpo.proj_hidden_dim, mcpo.proj_dim, seed=seed).to(device)
+    return ProjectionTrainer(head, mcpo.proj_lr, mcpo.proj_weight_decay, mcpo.proj_grad_clip, mcpo.frozen_head)

@@ -3,11 +3,14 @@
 RMSNorm, SwiGLU, GQA, RoPE with the model's theta (and Llama-3 rope scaling), QKV bias (Qwen2),
 QK-norm (Qwen3), optionally tied embeddings. The local layer spec on CPU; the Transformer Engine
 spec on GPU when TE imports (FP8 needs it). The local spec's core attention is torch SDPA
-(models/attention.py) unless model.attention_backend=local asks for megatron's unfused one.
+(models/attention.py) unless model.attention_backend=local asks for megatron's unfused one. Every
+decision that depends on the hardware (CPU initialisation, batched p2p, TE, where the chunk lives)
+follows the `device` argument (the run's resolved run.device), never `torch.cuda.is_available()`: a CPU
+run on a GPU machine is a plain CPU run.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -42,10 +45,10 @@ def rope_settings(hf: dict) -> tuple[float, Optional[float]]:
     raise ConfigError(f"model: rope scaling type '{rope_type}' is not supported")
 
 
-def use_transformer_engine(model: ModelConfig) -> bool:
+def use_transformer_engine(model: ModelConfig, device: Union[str, torch.device] = "cpu") -> bool:
     if model.attention_backend != "auto":  # an explicit local-spec attention (validate() checks the combination)
         return False
-    if model.transformer_impl == "local" or not torch.cuda.is_available():
+    if model.transformer_impl == "local" or torch.device(device).type != "cuda":
         return False
     if model.transformer_impl == "transformer_engine":
         return True
@@ -54,8 +57,9 @@ def use_transformer_engine(model: ModelConfig) -> bool:
     return te_support.available()
 
 
-def transformer_config_from_hf(hf: dict, model: ModelConfig, parallel: ParallelConfig):
-    """The megatron TransformerConfig equivalent to an HF config dict."""
+def transformer_config_from_hf(hf: dict, model: ModelConfig, parallel: ParallelConfig,
+                               device: Union[str, torch.device] = "cpu"):
+    """The megatron TransformerConfig equivalent to an HF config dict, for a model on `device`."""
     from megatron.core.transformer import TransformerConfig
 
     family = model_family(hf)
@@ -63,7 +67,7 @@ def transformer_config_from_hf(hf: dict, model: ModelConfig, parallel: ParallelC
     head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
     if hf.get("hidden_act", "silu") != "silu":
         raise ConfigError(f"model: hidden_act '{hf.get('hidden_act')}' is not supported (SwiGLU/silu only)")
-    on_cpu = not torch.cuda.is_available()
+    on_cpu = torch.device(device).type == "cpu"
     bf16 = model.params_dtype == "bf16"
     kwargs = dict(
         num_layers=hf["num_hidden_layers"],
@@ -126,10 +130,11 @@ def build_gpt_model(
     post_process: Optional[bool] = None,
     vp_stage: Optional[int] = None,
     pg_collection=None,
+    device: Union[str, torch.device] = "cpu",
 ):
-    """One Megatron GPTModel chunk for this rank (parallel state must be initialised). `pg_collection`
-    (megatron's ProcessGroupCollection) replaces the parallel state's groups, e.g. to build one rank's
-    shard of a large layout on the meta device in a single process."""
+    """One Megatron GPTModel chunk for this rank on `device` (parallel state must be initialised).
+    `pg_collection` (megatron's ProcessGroupCollection) replaces the parallel state's groups, e.g. to build
+    one rank's shard of a large layout on the meta device in a single process."""
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import (
@@ -137,8 +142,8 @@ def build_gpt_model(
         get_gpt_layer_with_transformer_engine_spec,
     )
 
-    config = transformer_config_from_hf(hf, model, parallel)
-    if use_transformer_engine(model):
+    config = transformer_config_from_hf(hf, model, parallel, device)
+    if use_transformer_engine(model, device):
         spec = get_gpt_layer_with_transformer_engine_spec(qk_layernorm=config.qk_layernorm)
     else:
         spec = get_gpt_layer_local_spec(qk_layernorm=config.qk_layernorm, normalization="RMSNorm")
@@ -151,7 +156,7 @@ def build_gpt_model(
     if post_process is None:
         post_process = ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
     theta, scaling = rope_settings(hf)
-    return GPTModel(
+    gpt = GPTModel(
         config=config,
         transformer_layer_spec=spec,
         vocab_size=padded_vocab_size(hf["vocab_size"], parallel.tp),
@@ -167,10 +172,14 @@ def build_gpt_model(
         vp_stage=vp_stage,
         pg_collection=pg_collection,
     )
+    # Like Megatron-LM's get_model: the parallel linears are created on the current GPU, but torch norms
+    # and buffers are not; move the whole chunk before DDP wraps it.
+    return gpt.to(device)
 
 
-def build_model_chunks(hf: dict, model: ModelConfig, parallel: ParallelConfig) -> list:
-    """This rank's model chunks: one, or `vpp` of them for the interleaved pipeline schedule."""
+def build_model_chunks(hf: dict, model: ModelConfig, parallel: ParallelConfig,
+                       device: Union[str, torch.device] = "cpu") -> list:
+    """This rank's model chunks on `device`: one, or `vpp` of them for the interleaved pipeline schedule."""
     if parallel.vpp is None:
-        return [build_gpt_model(hf, model, parallel)]
-    return [build_gpt_model(hf, model, parallel, vp_stage=i) for i in range(parallel.vpp)]
+        return [build_gpt_model(hf, model, parallel, device=device)]
+    return [build_gpt_model(hf, model, parallel, vp_stage=i, device=device) for i in range(parallel.vpp)]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 
 
 @functools.lru_cache(maxsize=1)
@@ -11,6 +12,11 @@ def available() -> bool:
     except Exception:  # TE needs CUDA libraries at import; any failure means "not usable here"
         return False
     return True
+
+
+def installed() -> bool:
+    """Whether a `transformer_engine` package is installed, without importing it (config validation)."""
+    return importlib.util.find_spec("transformer_engine") is not None
 
 
 _RECIPES = {"delayed": "delayed", "tensorwise": "tensorwise", "blockwise": "blockwise"}

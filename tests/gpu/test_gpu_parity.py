@@ -1,7 +1,9 @@
 """GPU tests (skipped without CUDA; see README 'GPU status' for when they last ran).
 
-Single-rank GPU vs CPU parity of the policy forward and one train step (local spec, fp32, TF32 off),
-and a Transformer Engine / FP8 train step where TE is installed.
+Single-rank GPU vs CPU parity of the policy forward, the loss and the gradients of one train step (local
+spec, fp32, TF32 off; the same HF weights on both), and a Transformer Engine / FP8 train step where TE is
+installed. Tolerances: 1e-4 absolute on log-probs/pooled states/gradients, 1e-4 relative on loss and grad
+norm (fp32 kernels differ between devices only in summation order).
 """
 import pytest
 import torch
@@ -37,7 +39,11 @@ def _step(rank, device, hf_dir, overrides, tp=1):
         return loss, {"loss": loss.detach()}
 
     metrics = train_step(state, mbs, loss_fn)
-    return {"logprobs": before.logprobs.cpu(), "pooled": before.pooled.cpu(), "grad_norm": metrics["grad_norm"]}
+    # DDP's main_grad buffers keep this step's (reduced) gradients until the next step zeroes them.
+    grads = {i: p.main_grad.detach().float().cpu() for i, p in enumerate(state.policy.parameters())}
+    placed = {str(p.device) for p in state.policy.parameters()} | {str(v.device) for v in (before.logprobs, before.pooled)}
+    return {"logprobs": before.logprobs.cpu(), "pooled": before.pooled.cpu(), "grad_norm": metrics["grad_norm"],
+            "loss": metrics["loss"], "grads": grads, "devices": placed}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -45,9 +51,14 @@ def test_single_gpu_matches_cpu(tiny_dirs):
     (cpu,) = run_distributed(_step, world_size=1, device="cpu", hf_dir=tiny_dirs["qwen3"], overrides=[])
     (gpu,) = run_distributed(_step, world_size=1, device="cuda", hf_dir=tiny_dirs["qwen3"],
                              overrides=["model.transformer_impl=local"])
+    assert cpu["devices"] == {"cpu"} and gpu["devices"] == {"cuda:0"}
     torch.testing.assert_close(gpu["logprobs"], cpu["logprobs"], atol=1e-4, rtol=0)
     torch.testing.assert_close(gpu["pooled"], cpu["pooled"], atol=1e-4, rtol=0)
-    assert gpu["grad_norm"] == pytest.approx(cpu["grad_norm"], rel=1e-4)
+    assert gpu["loss"] == pytest.approx(cpu["loss"], rel=1e-4)
+    assert gpu["grad_norm"] == pytest.approx(cpu["grad_norm"], rel=1e-4) and cpu["grad_norm"] > 0
+    assert gpu["grads"].keys() == cpu["grads"].keys()
+    for i in cpu["grads"]:
+        torch.testing.assert_close(gpu["grads"][i], cpu["grads"][i], atol=1e-4, rtol=0, msg=f"parameter {i}")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

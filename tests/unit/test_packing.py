@@ -125,5 +125,5 @@ def test_config_rejects_packing_with_context_parallel():
     cfg = load_config(overrides=["model.sequence_packing=true", "parallel.cp=2"])
     # refused by the general context-parallel check (packing would also need its own CP sharding)
     with pytest.raises(ConfigError, match="parallel.cp: context parallel > 1 is not supported yet"):
-        validate(cfg, cuda_available=True)
+        validate(cfg, cuda_available=True, te_available=True)
     validate(load_config(overrides=["model.sequence_packing=true"]), cuda_available=False)

