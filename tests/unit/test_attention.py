@@ -151,9 +151,8 @@ def test_explicit_backend_selects_the_local_spec(backend, te, monkeypatch):
     from megatron_mcpo.models import provider, te_support
 
     monkeypatch.setattr(te_support, "available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     cfg = load_config(overrides=[f"model.attention_backend={backend}"])
-    assert provider.use_transformer_engine(cfg.model) is te
+    assert provider.use_transformer_engine(cfg.model, "cuda") is te
 
 
 @pytest.mark.parametrize(
@@ -163,4 +162,4 @@ def test_explicit_backend_selects_the_local_spec(backend, te, monkeypatch):
 )
 def test_attention_backend_validated_against_te(overrides):
     with pytest.raises(ConfigError, match=r"model\.(attention_backend|fp8).*(attention|TE)"):
-        validate(load_config(overrides=overrides), world_size=1, cuda_available=True)
+        validate(load_config(overrides=overrides), world_size=1, cuda_available=True, te_available=True)

@@ -30,7 +30,6 @@ def test_cuda_without_cuda_names_run_device():
         (["model.transformer_impl=transformer_engine"], "model.transformer_impl"),
         (["model.fp8=hybrid", "model.params_dtype=bf16"], "model.fp8"),
         (["parallel.sequence_parallel=true", "parallel.tp=2"], "parallel.sequence_parallel"),
-        (["parallel.cp=2"], "parallel.cp"),
     ],
 )
 def test_te_only_features_need_te(overrides, field):

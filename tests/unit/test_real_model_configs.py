@@ -101,6 +101,7 @@ def test_example_config_validates_at_its_world_size(name, tmp_path, capsys, monk
     from megatron_mcpo.cli import main
 
     (tmp_path / "config.json").write_text(json.dumps(REAL_CONFIGS[name]))
+    (tmp_path / "model.safetensors").touch()  # `mcpo validate` checks that weights exist, not their contents
     example, world = EXAMPLES[name]
     args = ["--config", f"examples/configs/{example}", "--set", f"model.hf_path={tmp_path}"]
     cfg = load_config(args[1], [args[3]])
