@@ -174,7 +174,7 @@ class AlgorithmConfig:
 
 @dataclass
 class MCPOConfig:
-    """MCPO contrastive objective (spec §3-§8). Paper names in brackets."""
+    """MCPO contrastive objective (docs/mcpo.md §3-§8). Paper names in brackets."""
 
     cl_coef: float = 0.1  # λ [mcpo_cl_coef]
     cross_coef: float = 0.5  # α [mcpo_cross_attr_coef]
@@ -184,12 +184,12 @@ class MCPOConfig:
     proj_dim: int = 256  # [mcpo_proj_dim]
     proj_hidden_dim: int = 256  # [mcpo_proj_hidden_dim]
     warmup_batches: int = 100  # [mcpo_cl_warmup_batches], counted in optimizer steps
-    denominator: Literal["pos_neg", "all", "per_pos"] = "pos_neg"  # spec §6.4
-    norm: Literal["global_mass", "per_anchor"] = "global_mass"  # spec §6.3
-    weight_mode: Literal["relu_cos", "affine_cos", "cos", "one"] = "relu_cos"  # spec §5.2
+    denominator: Literal["pos_neg", "all", "per_pos"] = "pos_neg"  # docs/mcpo.md §6.4
+    norm: Literal["global_mass", "per_anchor"] = "global_mass"  # docs/mcpo.md §6.3
+    weight_mode: Literal["relu_cos", "affine_cos", "cos", "one"] = "relu_cos"  # docs/mcpo.md §5.2
     neg_scope: Literal["pool", "same_domain", "same_prompt"] = "pool"
-    grad_mode: Literal["exact", "local_anchor", "stale"] = "exact"  # spec §8
-    pool_order: Literal["whole_groups", "scattered"] = "whole_groups"  # spec §4.3
+    grad_mode: Literal["exact", "local_anchor", "stale"] = "exact"  # docs/mcpo.md §8
+    pool_order: Literal["whole_groups", "scattered"] = "whole_groups"  # docs/mcpo.md §4
     frozen_head: bool = False
     proj_lr: float = 1e-3
     proj_weight_decay: float = 0.01

@@ -37,12 +37,12 @@ def base(model: str, name: str) -> dict:
                     "gpu_memory_utilization": 0.6},
         "algorithm": {"name": "grpo", "train_batch_prompts": 128, "mini_batch_prompts": 64, "entropy_coef": 0.001,
                       "loss_agg_mode": "token-mean", "kl_coef": 0.0},
-        # Paper defaults (Table A.1.2); the pool order of verl's batch balancing (spec §4.3).
+        # Paper defaults (Table A.1.2); the pool order of verl's batch balancing (docs/mcpo.md §4).
         "mcpo": {"cl_coef": 0.1, "cross_coef": 0.5, "in_coef": 0.5, "temperature": 0.1, "positive_threshold": 0.5,
                  "proj_dim": 256, "proj_hidden_dim": 256, "warmup_batches": 100, "pool_order": "scattered"},
         # The paper's LR did not survive extraction; 1e-6 is verl's actor default. Constant, like verl's default.
         "optimizer": {"lr": 1.0e-6, "weight_decay": 0.01, "clip_grad": 1.0},
-        # 3 epochs of ~22k prompts at 128 per step (spec §7)
+        # 3 epochs of ~22k prompts at 128 per step (docs/mcpo.md §7)
         "run": {"name": f"{model}_{name}", "total_steps": 516, "device": "cuda"},
         "logging": {"log_dir": f"outputs/paper/{model}"},
     }

@@ -2,13 +2,13 @@
 
 Algorithm names (`algorithm.name`) and what each one switches on:
 
-* ``grpo``: GRPO advantages (per-prompt mean/std, spec §2.1), PPO-clip policy loss with ε_low = ε_high =
+* ``grpo``: GRPO advantages (per-prompt mean/std, docs/mcpo.md §2.1), PPO-clip policy loss with ε_low = ε_high =
   0.2 and dual clip c = 3, token-mean aggregation, entropy bonus.
-* ``dapo``: full DAPO (arXiv 2503.14476, spec §2.3): clip-higher (ε_high = 0.28), dynamic sampling
+* ``dapo``: full DAPO (arXiv 2503.14476, docs/mcpo.md §2.3): clip-higher (ε_high = 0.28), dynamic sampling
   (`dapo.dynamic_sampling_filter`, drop groups whose accuracy is all 0 or all 1), token-mean, and overlong
   reward shaping (`dapo.overlong_penalty`).
 * ``mcpo_grpo`` / ``mcpo_dapo``: the above plus λ·L_CL, the MCPO multi-domain contrastive loss
-  (`mcpo.mcpo_contrastive_loss`, spec §3–§7) on one pool per PPO mini-batch.
+  (`mcpo.mcpo_contrastive_loss`, docs/mcpo.md §3–§7) on one pool per PPO mini-batch.
 
 Two meanings of "DAPO". The MCPO paper's own DAPO baseline (Appendix A.1.1) keeps the GRPO pipeline and
 only switches verl's reward manager to `dapo`, i.e. adds the overlong penalty: here that is ``grpo`` with

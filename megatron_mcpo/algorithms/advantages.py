@@ -1,4 +1,4 @@
-"""Outcome advantages per prompt group (spec §2.1–§2.2; verl 0.6 `core_algos`).
+"""Outcome advantages per prompt group (docs/mcpo.md §2.1–§2.2; verl 0.6 `core_algos`).
 
 Advantages are computed from the whole generation batch's (reward, prompt id) list, so a prompt group
 whose rollouts sit on different ranks gets the same advantages as if it were local. The statistics are

@@ -1,4 +1,4 @@
-"""DAPO's two batch-level pieces as pure functions (spec §2.3; DAPO arXiv 2503.14476, verl recipe).
+"""DAPO's two batch-level pieces as pure functions (docs/mcpo.md §2.3; DAPO arXiv 2503.14476, verl recipe).
 
 * `dynamic_sampling_filter`: which prompt groups to keep. The trainer's generate-until-full loop
   (`max_num_gen_batches`) calls it on every generation batch; `dynamic_sampling_status`,

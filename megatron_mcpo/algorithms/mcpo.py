@@ -1,6 +1,6 @@
-"""MCPO multi-domain contrastive loss on one rollout pool (spec §3–§7, metrics §10), vectorised.
+"""MCPO multi-domain contrastive loss on one rollout pool (docs/mcpo.md §3–§7, metrics §10), vectorised.
 
-Notation (spec §1): pool of N rollouts with projector outputs u (N, p), rewards r, prompt ids q, domain
+Notation (docs/mcpo.md §1): pool of N rollouts with projector outputs u (N, p), rewards r, prompt ids q, domain
 ids d. z = u/‖u‖, l_ij = z_i·z_j/τ. Anchors = positives 𝒜 = {r ≥ θ_r}; negatives 𝒩 = {r < θ_r}.
   μ_q    = Norm(mean_{i∈𝒜, q_i=q} sg(z_i))                    prompt prototypes (Eq. 5, stop-gradient)
   w_ij   = f(μ_{q_i}·μ_{q_j}), f per weight_mode              compatibility weights (Eq. 6, stop-gradient)
@@ -14,7 +14,7 @@ correctness). Per anchor row i and class c the kernel needs only a block logsume
 (self excluded) and the block logit sum z_i·Σ_{j∈c} z_j/τ. For the pos_neg and all denominators the
 log-denominator does not depend on j, so Σ_j w_ij ℓ_ij = mass_i·LSE_i − Σ_j w_ij l_ij needs no (N, N)
 matrix beyond the logits themselves; per_pos needs one extra (N, N) pass. The same row code gives the
-full loss (all anchors) and the local-anchor share of a subset of anchors (spec §8) whose pool-level
+full loss (all anchors) and the local-anchor share of a subset of anchors (docs/mcpo.md §8) whose pool-level
 normaliser is passed in. Empty sets are masked, never indexed away, so the loss is always finite and
 keeps its graph (an anchor-free pool gives 0 with zero gradient).
 """
@@ -35,7 +35,7 @@ DENOMINATORS = ("pos_neg", "all", "per_pos")
 NORMS = ("global_mass", "per_anchor")
 WEIGHT_MODES = ("relu_cos", "affine_cos", "cos", "one")
 NEG_SCOPES = ("pool", "same_domain", "same_prompt")
-MASS_EPS = 1e-8  # an anchor needs positive mass above this to count (spec §6.3)
+MASS_EPS = 1e-8  # an anchor needs positive mass above this to count (docs/mcpo.md §6.3)
 NORM_EPS = 1e-12  # L2-normalisation floor, as F.normalize
 
 
@@ -61,7 +61,7 @@ def prompt_prototypes(z: torch.Tensor, positive: torch.Tensor, prompt_ids: torch
 
 
 def compatibility_weights(cos: torch.Tensor, weight_mode: str) -> torch.Tensor:
-    """w = f(cos) elementwise: relu_cos max(0, c) | affine_cos (1+c)/2 | cos c | one 1 (spec §5.2)."""
+    """w = f(cos) elementwise: relu_cos max(0, c) | affine_cos (1+c)/2 | cos c | one 1 (docs/mcpo.md §5.2)."""
     check_choice("weight_mode", weight_mode, WEIGHT_MODES)
     if weight_mode == "relu_cos":
         return cos.clamp_min(0.0)
@@ -96,7 +96,7 @@ def mcpo_loss(
                    with 𝒩(i) the negatives in neg_scope: pool | same_domain | same_prompt as i
       norm:        global_mass Z_X = Σ_i Σ_j w_ij | per_anchor: mean over anchors of each one's weighted mean
       prototypes:  optional (G, p), replaces the detached prototypes computed from u (e.g. frozen ones)
-    Metrics: the spec §10 names as floats; a mean over an empty pair set is left out.
+    Metrics: the docs/mcpo.md §10 names as floats; a mean over an empty pair set is left out.
     """
     pool = _Pool.build(u, rewards, prompt_ids, domain_ids, positive_threshold, prototypes)
     rows = pool.positive.nonzero().squeeze(1)
@@ -149,7 +149,7 @@ def mcpo_anchor_subset_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The share of L_CL carried by the anchors at `anchor_rows` (M,) int, against the whole key pool u.
 
-    For the local-anchor approximation (spec §8): u (N, p) is the whole pool (typically detached, with
+    For the local-anchor approximation (docs/mcpo.md §8): u (N, p) is the whole pool (typically detached, with
     this micro-batch's rows carrying gradient); incorrect rollouts in anchor_rows contribute nothing.
     Each anchor's terms are divided by the pool-level `normalizers` (`mcpo_pool_normalizers`), so the
     values for disjoint anchor subsets covering the pool sum to `mcpo_loss`'s value.

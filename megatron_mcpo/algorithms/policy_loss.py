@@ -1,4 +1,4 @@
-"""Clipped policy-gradient loss of GRPO / DAPO (spec §2.1–§2.3; verl 0.6 `compute_policy_loss_vanilla`).
+"""Clipped policy-gradient loss of GRPO / DAPO (docs/mcpo.md §2.1–§2.3; verl 0.6 `compute_policy_loss_vanilla`).
 
 Every aggregate divides a *local* sum by a *global* count passed in (valid tokens or sequences of the
 whole mini-batch across micro-batches and data-parallel ranks). The loss and every metric are therefore
@@ -162,7 +162,7 @@ def ppo_policy_loss(
 def policy_loss_kwargs(cfg: "AlgorithmConfig", max_response_length: int) -> dict:
     """The `ppo_policy_loss` keyword arguments an AlgorithmConfig selects (its algorithm defaults resolved).
 
-    L_const of seq-mean-token-sum-norm defaults to the max response length (spec §2.2)."""
+    L_const of seq-mean-token-sum-norm defaults to the max response length (docs/mcpo.md §2.2)."""
     c = cfg.resolved()
     return dict(
         clip_ratio_low=c.clip_ratio_low,

@@ -5,7 +5,7 @@ This rank's share of the mini-batch is a dict of tensors (leading dim n = its ro
   prompt_ids [n], domain_ids [n]; optional ref_logprobs [n, s]; optional is_weights [n, s] (rollout
   mismatch correction, algorithms/rollout_correction.py); optional pooled_old [n, d] (the pooled states
   of the old-log-prob pass, on the last pipeline stage).
-Gradient modes for the contrastive term (spec §8; `mcpo.grad_mode`):
+Gradient modes for the contrastive term (docs/mcpo.md §8; `mcpo.grad_mode`):
   exact        gradient cache over the gathered pool (one graph when the local mini-batch is one
                micro-batch); the pre-pass is skipped when `reuse_old_pooled` (θ = rollout policy).
   local_anchor each micro-batch's anchors with grad against the detached pool (approximate).
@@ -87,7 +87,7 @@ def train_minibatch(
             global_num_tokens=num_tokens, global_num_seqs=num_seqs, entropy=out.entropy,
             ref_logprobs=mb.get("ref_logprobs"), is_weights=mb.get("is_weights"), **pl_kwargs,
         )
-        if use_mcpo:  # spec §10 num_pos_per_microbatch: summed here, averaged over micro-batches below
+        if use_mcpo:  # docs/mcpo.md §10 num_pos_per_microbatch: summed here, averaged over micro-batches below
             metrics["mcpo/num_pos_per_microbatch"] = (mb["rewards"] >= mc.positive_threshold).sum().double()
         if G is not None:
             loss = loss + surrogate(out.pooled, G[mb["row"]])

@@ -1,4 +1,4 @@
-"""The MCPO pool: one PPO mini-batch gathered over all data-parallel ranks (spec §4, §8).
+"""The MCPO pool: one PPO mini-batch gathered over all data-parallel ranks (docs/mcpo.md §4, §8).
 
 `exact` (default) is a two-pass gradient cache: pooled states H of the whole pool (from a no-grad
 pre-pass, or the old-log-prob pass while θ still equals the rollout policy) are gathered, the full-pool
