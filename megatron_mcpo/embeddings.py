@@ -72,10 +72,9 @@ def held_out_embeddings(trainer) -> tuple[np.ndarray, list[str], np.ndarray]:
     from megatron_mcpo.training.train_step import concat_outputs, forward_outputs, split_microbatches
 
     cfg, g = trainer.cfg, trainer.groups
-    records = trainer._load_records(cfg.eval.files, cfg.data.seed + 1, cfg.eval.prompts_per_domain)
+    records = trainer._load_records(cfg.eval.files, cfg.data.seed + 1, cfg.eval.prompts_per_domain, "heldout")
     mine = list(enumerate(records))[g.dp_rank :: g.dp_size]
-    rollouts, _ = trainer._rollouts_on_engine_rank(mine, 0) if trainer.engine_rank else (None, None)
-    rollouts, _ = trainer._share_with_model_parallel_group((rollouts, None))
+    rollouts, _ = trainer._replica_rollouts(mine, 0)
     batch = trainer.make_train_batch(rollouts)
     outs = forward_outputs(trainer.state.policy, split_microbatches(batch, cfg.parallel.micro_batch_size))
     local = (concat_outputs(outs).pooled.float().cpu().numpy(), [r.domain for r in rollouts],
