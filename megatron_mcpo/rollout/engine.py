@@ -23,6 +23,18 @@ class EngineDiedError(RuntimeError):
     """A rollout engine died or hung; the message names it. The run cannot continue on this rank."""
 
 
+def prompt_token_ids(tokenizer, prompt: Prompt) -> list[int]:
+    """Token ids of a prompt; chat messages go through the tokenizer's chat template."""
+    if isinstance(prompt, str):
+        return tokenizer.encode(prompt)
+    if prompt and isinstance(prompt[0], dict):
+        text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        return tokenizer.encode(text, add_special_tokens=False)
+    if not all(isinstance(t, int) for t in prompt):
+        raise TypeError("rollout: a prompt is token ids, a string or a list of chat messages")
+    return list(prompt)
+
+
 @dataclass
 class SamplingSpec:
     n: int = 1

@@ -16,7 +16,7 @@ from typing import Iterable, Optional, Sequence
 
 import torch
 
-from megatron_mcpo.rollout.engine import LOGPROBS_MODES, Prompt, Sample, SamplingSpec
+from megatron_mcpo.rollout.engine import LOGPROBS_MODES, Prompt, Sample, SamplingSpec, prompt_token_ids
 from megatron_mcpo.rollout.memory import StorageOffload
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -75,15 +75,7 @@ class HFEngine:
 
     # ---------------------------------------------------------------- generation
     def prompt_ids(self, prompt: Prompt) -> list[int]:
-        """Token ids of a prompt; chat messages go through the tokenizer's chat template."""
-        if isinstance(prompt, str):
-            return self.tokenizer.encode(prompt)
-        if prompt and isinstance(prompt[0], dict):
-            text = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-            return self.tokenizer.encode(text, add_special_tokens=False)
-        if not all(isinstance(t, int) for t in prompt):
-            raise TypeError("rollout: a prompt is token ids, a string or a list of chat messages")
-        return list(prompt)
+        return prompt_token_ids(self.tokenizer, prompt)
 
     def set_sampling_seed(self, seed: Optional[int]) -> None:
         """Seed the following `generate` calls: each call restarts the generator from `seed`, so the same

@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 
 from megatron_mcpo.rollout import broadcast
-from megatron_mcpo.rollout.engine import EngineDiedError, Prompt, Sample, SamplingSpec
+from megatron_mcpo.rollout.engine import EngineDiedError, Prompt, Sample, SamplingSpec, prompt_token_ids
 
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "auto": "auto"}
 
@@ -158,15 +158,7 @@ class VLLMEngine:
 
     # ---------------------------------------------------------------- generation
     def prompt_ids(self, prompt: Prompt) -> list[int]:
-        """Token ids of a prompt; chat messages go through the tokenizer's chat template."""
-        if isinstance(prompt, str):
-            return self.tokenizer.encode(prompt)
-        if prompt and isinstance(prompt[0], dict):
-            text = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-            return self.tokenizer.encode(text, add_special_tokens=False)
-        if not all(isinstance(t, int) for t in prompt):
-            raise TypeError("rollout: a prompt is token ids, a string or a list of chat messages")
-        return list(prompt)
+        return prompt_token_ids(self.tokenizer, prompt)
 
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingSpec) -> list[list[Sample]]:
         from vllm import SamplingParams
