@@ -10,7 +10,6 @@ A figure whose metrics the log does not have is not written (e.g. mcpo.png for a
 """
 from __future__ import annotations
 
-import json
 import os
 from numbers import Number
 
@@ -29,18 +28,13 @@ MCPO_PANELS = (
 
 def load_log(path: str) -> list[dict]:
     """The records of a metrics JSONL; a malformed line is an error naming file and line."""
+    from megatron_mcpo.data.dataset import jsonl_objects
+
     records = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("step"), Number):
-                raise ValueError(f"{path}:{lineno}: a metrics record needs a numeric 'step'")
-            records.append(rec)
+    for lineno, rec in jsonl_objects(path, error=ValueError):
+        if not isinstance(rec, dict) or not isinstance(rec.get("step"), Number):
+            raise ValueError(f"{path}:{lineno}: a metrics record needs a numeric 'step'")
+        records.append(rec)
     if not records:
         raise ValueError(f"{path}: no metrics records")
     return records

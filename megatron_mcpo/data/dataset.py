@@ -14,20 +14,26 @@ class DataError(ValueError):
     """A data file or record that cannot be trained on, with its file and line."""
 
 
+def jsonl_objects(path: str, error: type = DataError):
+    """(line number, parsed value) of each non-blank line of a JSONL file; a line that is not JSON raises
+    `error` naming file and line."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise error(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+
+
 def load_jsonl(path: str) -> list[dict]:
     """Records of a verl-format JSONL file; a malformed line or record is a DataError naming file and line."""
     records = []
     try:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-                check_record(rec, f"{path}:{lineno}")
-                records.append(rec)
+        for lineno, rec in jsonl_objects(path):
+            check_record(rec, f"{path}:{lineno}")
+            records.append(rec)
     except UnicodeDecodeError:
         raise DataError(f"{path}: not a UTF-8 text JSONL file (binary data?)") from None
     except IsADirectoryError:
