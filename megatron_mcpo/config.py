@@ -15,15 +15,11 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from megatron_mcpo.models import families  # torch-free and importing nothing of the package: below this module
+
 
 class ConfigError(ValueError):
     """A configuration problem, with the dotted name of the offending field."""
-
-
-FAMILIES = ("llama", "qwen2", "qwen3")
-# HF `model_type` -> our family name.
-HF_MODEL_TYPES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
-TINY_MODELS = FAMILIES  # the embedded tiny checkpoints (built locally, no downloads)
 
 
 @dataclass
@@ -434,27 +430,24 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
 def read_hf_config(hf_path: str) -> dict:
     """The HF config.json as a dict; `tiny:<family>` gives the embedded tiny config."""
     if hf_path.startswith("tiny:"):
-        from megatron_mcpo.models.tiny import tiny_hf_config
-
         family = hf_path.split(":", 1)[1]
-        if family not in TINY_MODELS:
-            raise ConfigError(f"model.hf_path: unknown tiny model '{family}'{_suggest(family, list(TINY_MODELS))}")
-        return tiny_hf_config(family)
-    from megatron_mcpo.weights.hf_files import read_hf_config as read_dir
-
+        if family not in families.FAMILIES:
+            raise ConfigError(f"model.hf_path: unknown tiny model '{family}'{_suggest(family, list(families.FAMILIES))}")
+        return families.tiny_hf_config(family)
     try:
-        return read_dir(hf_path)
+        return families.read_hf_config(hf_path)
     except FileNotFoundError:
         raise ConfigError(f"model.hf_path: no config.json in '{hf_path}'") from None
 
 
-def model_family(hf_config: dict) -> str:
+def model_family(hf_config: dict) -> families.Family:
+    """The family of an HF config dict (models/families.py), by its `model_type`."""
     mt = hf_config.get("model_type")
-    if mt not in HF_MODEL_TYPES:
+    if mt not in families.BY_MODEL_TYPE:
         raise ConfigError(
-            f"model.hf_path: unsupported model_type '{mt}' (supported families: {', '.join(sorted(HF_MODEL_TYPES))})"
+            f"model.hf_path: unsupported model_type '{mt}' (supported families: {', '.join(sorted(families.BY_MODEL_TYPE))})"
         )
-    return HF_MODEL_TYPES[mt]
+    return families.BY_MODEL_TYPE[mt]
 
 
 def _require(cond: bool, msg: str) -> None:

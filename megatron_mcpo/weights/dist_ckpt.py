@@ -26,7 +26,8 @@ from megatron_mcpo.training.ckpt_files import (
     CheckpointError, checkpoint_files, file_digests, verify_checkpoint, write_manifest,
 )
 from megatron_mcpo.progress import bar
-from megatron_mcpo.weights.hf_files import copy_tokenizer_files, read_hf_config
+from megatron_mcpo.models.families import read_hf_config
+from megatron_mcpo.weights.hf_files import copy_tokenizer_files
 from megatron_mcpo.weights.hf_io import HFCheckpointReader
 from megatron_mcpo.weights.hf_mapping import LAYER_PREFIX, TE_NORM_ALIASES, FamilyMapping, family_mapping
 

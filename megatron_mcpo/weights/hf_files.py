@@ -1,9 +1,6 @@
-"""The non-tensor files of an HF checkpoint directory: config.json and the tokenizer/chat-template files.
-No torch here: the config validation (and the launcher, which runs where torch may be absent) reads these.
-"""
+"""The tokenizer/chat-template files of an HF checkpoint directory (its config.json: models/families.py)."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
@@ -12,14 +9,6 @@ TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",
     "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json", "generation_config.json",
 )
-
-
-def read_hf_config(hf_dir: str) -> dict:
-    path = os.path.join(hf_dir, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"'{hf_dir}' has no config.json (not an HF checkpoint directory)")
-    with open(path) as f:
-        return json.load(f)
 
 
 def copy_tokenizer_files(src: str, dst: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""One mapping between Megatron GPTModel parameters and HF checkpoint tensors: a table per family.
+"""One mapping between Megatron GPTModel parameters and HF checkpoint tensors (the per-family name tables:
+models/families.py).
 
 Each Megatron parameter has a *kind* that knows its HF tensor(s) and layout:
 
@@ -22,7 +23,8 @@ from typing import Optional, Protocol, Union
 
 import torch
 
-from megatron_mcpo.config import ConfigError
+from megatron_mcpo.config import ConfigError, model_family
+
 
 class SliceReader(Protocol):
     """Lazy access to HF tensors: `shape(name)` without reading, `read(name, dim, start, stop)` reads
@@ -232,32 +234,17 @@ def merge_tp(kind: Kind, shards: list[torch.Tensor], dims: Dims) -> torch.Tensor
             full.narrow(kind.tp_dim, offset, piece.shape[kind.tp_dim]).copy_(piece)
     return full
 
-_L = "model.layers.{i}."
-_LAYER_COMMON: dict[str, Kind] = {
-    "input_layernorm.weight": Replicated(_L + "input_layernorm.weight"),
-    "self_attention.linear_qkv.weight": FusedQKV(
-        _L + "self_attn.q_proj.weight", _L + "self_attn.k_proj.weight", _L + "self_attn.v_proj.weight"
-    ),
-    "self_attention.linear_proj.weight": RowTP(_L + "self_attn.o_proj.weight"),
-    "pre_mlp_layernorm.weight": Replicated(_L + "post_attention_layernorm.weight"),
-    "mlp.linear_fc1.weight": FusedGateUp(_L + "mlp.gate_proj.weight", _L + "mlp.up_proj.weight"),
-    "mlp.linear_fc2.weight": RowTP(_L + "mlp.down_proj.weight"),
-}
-_QKV_BIAS: dict[str, Kind] = {
-    "self_attention.linear_qkv.bias": FusedQKV(
-        _L + "self_attn.q_proj.bias", _L + "self_attn.k_proj.bias", _L + "self_attn.v_proj.bias"
-    ),
-}
-_QK_NORM: dict[str, Kind] = {
-    "self_attention.q_layernorm.weight": Replicated(_L + "self_attn.q_norm.weight"),
-    "self_attention.k_layernorm.weight": Replicated(_L + "self_attn.k_norm.weight"),
-}
-# family -> per-layer table (Megatron suffix after `decoder.layers.{i}.` -> kind)
-LAYER_TABLES: dict[str, dict[str, Kind]] = {
-    "llama": dict(_LAYER_COMMON),
-    "qwen2": {**_LAYER_COMMON, **_QKV_BIAS},
-    "qwen3": {**_LAYER_COMMON, **_QK_NORM},
-}
+
+# The family tables' kinds (models/families.py): HF names there are relative to the layer prefix.
+_KINDS = {"replicated": Replicated, "row": RowTP, "qkv": FusedQKV, "gate_up": FusedGateUp}
+_HF_LAYER = "model.layers.{i}."
+
+
+def layer_table(layer: dict) -> dict[str, Kind]:
+    """A family's per-layer table (Megatron suffix -> (kind, HF names)) as kinds."""
+    return {suffix: _KINDS[kind](*(_HF_LAYER + n for n in names)) for suffix, (kind, *names) in layer.items()}
+
+
 # Transformer Engine fuses the pre-attention/pre-MLP norms into the next linear; those names are also
 # the ones dist_checkpointing stores (the local spec maps its keys onto them).
 TE_NORM_ALIASES = {
@@ -310,18 +297,10 @@ class FamilyMapping:
 
 def family_mapping(hf: dict) -> FamilyMapping:
     """The mapping for an HF config dict; raises ConfigError for an unsupported architecture/option."""
-    from megatron_mcpo.config import model_family
-
     family = model_family(hf)
-    unsupported = {
-        "attention_bias": family != "qwen2" and bool(hf.get("attention_bias", False)),
-        "mlp_bias": bool(hf.get("mlp_bias", False)),
-        "use_sliding_window": bool(hf.get("use_sliding_window", False)),
-        "num_experts": bool(hf.get("num_experts", 0)),
-    }
-    bad = [k for k, v in unsupported.items() if v]
+    bad = family.unsupported_in(hf)
     if bad:
-        raise ConfigError(f"model: {family} checkpoints with {', '.join(bad)} are not supported by the weight mapping")
+        raise ConfigError(f"model: {family.name} checkpoints with {', '.join(bad)} are not supported by the weight mapping")
     tied = bool(hf.get("tie_word_embeddings", False))
     embed = VocabTP("model.embed_tokens.weight")
     global_table = {
@@ -331,7 +310,7 @@ def family_mapping(hf: dict) -> FamilyMapping:
         "output_layer.weight": embed if tied else VocabTP("lm_head.weight"),
     }
     return FamilyMapping(
-        family=family, dims=Dims.from_hf_config(hf), tied=tied, layer_table=LAYER_TABLES[family],
+        family=family.name, dims=Dims.from_hf_config(hf), tied=tied, layer_table=layer_table(family.layer),
         global_table=global_table, num_layers=hf["num_hidden_layers"],
     )
 

@@ -9,9 +9,9 @@ from typing import Iterator
 
 import torch
 
+from megatron_mcpo.models.families import read_hf_config
 from megatron_mcpo.models.policy import unwrap
 from megatron_mcpo.progress import bar
-from megatron_mcpo.weights.hf_files import read_hf_config
 from megatron_mcpo.weights.hf_io import HFCheckpointReader
 from megatron_mcpo.weights.hf_mapping import LAYER_PREFIX, WeightMappingError, family_mapping
 

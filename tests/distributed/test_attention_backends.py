@@ -26,7 +26,7 @@ def _worker(rank, tp, pp):
     from megatron_mcpo.config import load_config
     from megatron_mcpo.distributed import init_distributed
     from megatron_mcpo.models.policy import unwrap
-    from megatron_mcpo.models.tiny import tiny_hf_config
+    from megatron_mcpo.models.families import tiny_hf_config
     from megatron_mcpo.training.optimizer import setup_train_state
     from megatron_mcpo.training.train_step import concat_outputs, forward_outputs, split_microbatches, train_step
 

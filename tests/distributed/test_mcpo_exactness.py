@@ -38,7 +38,7 @@ def _worker(rank, tp, pp, mbs, ckpt, save, overrides, warmup_probe=False, reuse_
     from megatron_mcpo.config import load_config
     from megatron_mcpo.distributed import init_distributed
     from megatron_mcpo.models.projection import ProjectionHead, ProjectionTrainer
-    from megatron_mcpo.models.tiny import tiny_hf_config
+    from megatron_mcpo.models.families import tiny_hf_config
     from megatron_mcpo.training.checkpoint import load_model_weights, model_sharded_state_dict
     from megatron_mcpo.training.minibatch import train_minibatch
     from megatron_mcpo.training.optimizer import setup_train_state

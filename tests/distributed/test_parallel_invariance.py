@@ -42,7 +42,7 @@ def _loss_fn(total_tokens):
 def _worker(rank, tp, pp, vpp, ckpt, save, mbs):
     from megatron_mcpo.config import Config
     from megatron_mcpo.distributed import init_distributed
-    from megatron_mcpo.models.tiny import tiny_hf_config
+    from megatron_mcpo.models.families import tiny_hf_config
     from megatron_mcpo.training.checkpoint import load_model_weights, model_sharded_state_dict
     from megatron_mcpo.training.optimizer import setup_train_state
     from megatron_mcpo.training.train_step import concat_outputs, forward_outputs, split_microbatches, train_step

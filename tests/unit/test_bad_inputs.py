@@ -33,7 +33,7 @@ def _cases(tmp):
     """name -> (extra --set overrides, config path or None, WORLD_SIZE for train, expected message part)."""
     hf_no_weights = tmp / "hf_no_weights"
     hf_no_weights.mkdir()
-    from megatron_mcpo.models.tiny import tiny_hf_config
+    from megatron_mcpo.models.families import tiny_hf_config
 
     (hf_no_weights / "config.json").write_text(json.dumps(tiny_hf_config("qwen3")))
     (tmp / "binary.jsonl").write_bytes(bytes(range(256)) * 4)

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from megatron_mcpo.config import ModelConfig, ParallelConfig
+from megatron_mcpo.models.families import tiny_hf_config
 from megatron_mcpo.models.provider import build_gpt_model, padded_vocab_size, rope_settings, transformer_config_from_hf
-from megatron_mcpo.models.tiny import tiny_hf_config
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +63,19 @@ def test_transformer_config_fields():
     assert cfg.add_qkv_bias and not cfg.qk_layernorm and cfg.num_query_groups == 2 and cfg.kv_channels == 64
     assert cfg.params_dtype == torch.bfloat16 and cfg.hidden_dropout == 0.0 and cfg.tensor_model_parallel_size == 2
     assert padded_vocab_size(1000, 2) == 1024 and padded_vocab_size(1024, 1) == 1024
+
+
+def test_config_is_the_bottom_floor():
+    """config.py imports only the torch-free family table (which imports nothing of the package)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, megatron_mcpo.config; "
+            "print(sorted(m for m in sys.modules if m.startswith('megatron_mcpo')), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "['megatron_mcpo', 'megatron_mcpo.config', 'megatron_mcpo.models', 'megatron_mcpo.models.families'] False"
+
+
+def test_unknown_tiny_family_names_the_choices():
+    with pytest.raises(ValueError, match="unknown tiny model family 'gpt2' \\(choose llama, qwen2, qwen3\\)"):
+        tiny_hf_config("gpt2")

@@ -9,7 +9,7 @@ from dist_utils import run_distributed
 def _lrs(rank, style):
     from megatron_mcpo.config import load_config
     from megatron_mcpo.distributed import init_distributed
-    from megatron_mcpo.models.tiny import tiny_hf_config
+    from megatron_mcpo.models.families import tiny_hf_config
     from megatron_mcpo.training.optimizer import setup_train_state
 
     cfg = load_config(overrides=["run.device=cpu", "optimizer.lr=1e-3", "optimizer.min_lr=1e-4",
