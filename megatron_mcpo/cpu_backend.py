@@ -118,7 +118,3 @@ def install() -> None:
     torch.cuda.empty_cache = lambda: None
     _CpuDeviceMode().__enter__()  # process-global for the CPU run: kept for the process's lifetime
     _INSTALLED = True
-
-
-def installed() -> bool:
-    return _INSTALLED

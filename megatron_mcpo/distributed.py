@@ -19,8 +19,9 @@ class ParallelGroups:
 
     tp: Any
     pp: Any
-    dp: Any  # data parallel (without CP): the MCPO pool gathers over dp_cp
-    dp_cp: Any
+    dp: Any  # data parallel, context-parallel ranks not included
+    cp: Any  # context parallel
+    mp: Any  # model parallel: the tp x pp ranks of one data-parallel replica (megatron's, without CP)
     tp_rank: int
     tp_size: int
     pp_rank: int
@@ -31,10 +32,6 @@ class ParallelGroups:
     world_rank: int
     world_size: int
     device: torch.device
-
-    @property
-    def is_first_stage(self) -> bool:
-        return self.pp_rank == 0
 
     @property
     def is_last_stage(self) -> bool:
@@ -110,7 +107,8 @@ def current_groups(device: torch.device) -> ParallelGroups:
         tp=ps.get_tensor_model_parallel_group(),
         pp=ps.get_pipeline_model_parallel_group(),
         dp=ps.get_data_parallel_group(),
-        dp_cp=ps.get_data_parallel_group(with_context_parallel=True),
+        cp=ps.get_context_parallel_group(),
+        mp=ps.get_model_parallel_group(),
         tp_rank=ps.get_tensor_model_parallel_rank(),
         tp_size=ps.get_tensor_model_parallel_world_size(),
         pp_rank=ps.get_pipeline_model_parallel_rank(),

@@ -199,11 +199,8 @@ class Trainer:
         part = self._rollouts_on_engine(engine_share(records, pl), uid_base, pl.engine_leader) if self.engine is not None else None
         if self.groups.tp_size * self.groups.pp_size * self.groups.cp_size == 1:
             return part
-        from megatron.core import parallel_state as ps
-
-        mp = ps.get_model_parallel_group()
-        parts: list = [None] * dist.get_world_size(mp)
-        dist.all_gather_object(parts, (pl.engine_index, part if pl.engine_leader else None), group=mp)
+        parts: list = [None] * dist.get_world_size(self.groups.mp)
+        dist.all_gather_object(parts, (pl.engine_index, part if pl.engine_leader else None), group=self.groups.mp)
         shares = {k: p for k, p in parts if p is not None}
         K = pl.engines_per_replica
         return (merge_engine_shares({k: p[0] for k, p in shares.items()}, len(records), K, n),
@@ -234,9 +231,7 @@ class Trainer:
         return rollouts, results
 
     def _share_with_model_parallel_group(self, obj):
-        from megatron.core import parallel_state as ps
-
-        return broadcast_object(obj, ps.get_model_parallel_group(), src=0)
+        return broadcast_object(obj, self.groups.mp, src=0)
 
     def make_train_batch(self, rollouts: list[Rollout]) -> dict:
         cfg = self.cfg
@@ -314,7 +309,7 @@ class Trainer:
         else:
             from megatron_mcpo.weights.loader import load_hf_weights
 
-            load_hf_weights(chunks, self.hf_dir)
+            load_hf_weights(chunks, self.hf_dir, self.groups)
 
     def _plan_placement(self):
         from megatron_mcpo.rollout.placement import plan_placement

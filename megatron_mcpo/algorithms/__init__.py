@@ -15,11 +15,11 @@ only switches verl's reward manager to `dapo`, i.e. adds the overlong penalty: h
 `algorithm.overlong_buffer_enable=true`, and it is the setting that reproduces the paper's tables. Its
 §5.1 describes DAPO by all its components; that is ``dapo`` here.
 
-Modules: `advantages` (GRPO / Dr.GRPO / RLOO, including across ranks), `policy_loss`, `dapo`, `mcpo`,
+Modules: `advantages` (GRPO / Dr.GRPO / RLOO), `policy_loss`, `dapo`, `mcpo`,
 `rollout_correction` (TIS / masked IS / ICEPOP weights against the engine's sampling log-probs).
 Task domains have one enumeration, `megatron_mcpo.domains.DOMAINS`.
 """
-from megatron_mcpo.algorithms.advantages import gathered_group_advantages, group_advantages
+from megatron_mcpo.algorithms.advantages import group_advantages
 from megatron_mcpo.algorithms.dapo import (
     dynamic_sampling_filter,
     dynamic_sampling_status,
@@ -43,7 +43,6 @@ __all__ = [
     "aggregate",
     "dynamic_sampling_filter",
     "dynamic_sampling_status",
-    "gathered_group_advantages",
     "group_advantages",
     "kl_penalty",
     "mcpo_anchor_subset_loss",

@@ -8,7 +8,6 @@ bitwise independent of how the batch was ordered or split.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
 from megatron_mcpo.algorithms._checks import check_choice, check_finite, check_vector
 
@@ -62,38 +61,3 @@ def group_advantages(
     loo_scale = torch.where(single, 1.0, size / (size - 1).clamp_min(1))[inv]
     return (rewards - mean) * loo_scale
 
-
-def gathered_group_advantages(
-    rewards: torch.Tensor,
-    prompt_ids: torch.Tensor,
-    group: dist.ProcessGroup,
-    estimator: str = "grpo",
-    eps: float = 1e-6,
-) -> torch.Tensor:
-    """This rank's advantages (n_local,) when each rank of `group` holds part of the batch.
-
-    All-gathers every rank's (rewards, prompt_ids) (ranks may hold different counts), computes
-    `group_advantages` on the concatenation in rank order, and returns this rank's slice. Prompt groups
-    may be split across ranks arbitrarily; the result equals the single-process one bitwise.
-    """
-    if group is None:
-        raise ValueError("gathered_group_advantages: pass the process group explicitly (e.g. the data-parallel group)")
-    check_vector("rewards", rewards, kind="float")
-    check_vector("prompt_ids", prompt_ids, rewards.numel(), kind="int")
-    world, rank = dist.get_world_size(group), dist.get_rank(group)
-
-    count = torch.tensor([rewards.numel()], dtype=torch.int64, device=rewards.device)
-    counts = [torch.zeros_like(count) for _ in range(world)]
-    dist.all_gather(counts, count, group=group)
-    sizes = [int(c) for c in counts]
-
-    def gather(x: torch.Tensor) -> torch.Tensor:
-        padded = x.new_zeros(max(sizes))
-        padded[: x.numel()] = x
-        parts = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(parts, padded, group=group)
-        return torch.cat([p[:s] for p, s in zip(parts, sizes)])
-
-    advantages = group_advantages(gather(rewards), gather(prompt_ids), estimator, eps)
-    start = sum(sizes[:rank])
-    return advantages[start : start + sizes[rank]]

@@ -173,12 +173,7 @@ class PolicyModel:
             logprobs = packed.unpack(logprobs, drop_first=True)
             entropy = packed.unpack(entropy, drop_first=True)
             hidden = packed.unpack(hidden)
-        pool_group = None
-        if g.cp_size > 1:
-            from megatron.core import parallel_state as ps
-
-            pool_group = ps.get_context_parallel_group()
-        pooled = masked_mean_pool(hidden, response_mask, pool_group)
+        pooled = masked_mean_pool(hidden, response_mask, g.cp if g.cp_size > 1 else None)
         return TokenOutputs(logprobs=logprobs, entropy=entropy, pooled=pooled)
 
     def train(self, mode: bool = True) -> None:

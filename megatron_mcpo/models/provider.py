@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from megatron_mcpo.config import ConfigError, ModelConfig, ParallelConfig, model_family
+from megatron_mcpo.distributed import ParallelGroups
 
 
 def padded_vocab_size(vocab_size: int, tp: int, divisible_by: int = 128) -> int:
@@ -127,16 +128,16 @@ def build_gpt_model(
     model: ModelConfig,
     parallel: ParallelConfig,
     *,
-    pre_process: Optional[bool] = None,
-    post_process: Optional[bool] = None,
+    pre_process: bool = True,
+    post_process: bool = True,
     vp_stage: Optional[int] = None,
     pg_collection=None,
     device: Union[str, torch.device] = "cpu",
 ):
-    """One Megatron GPTModel chunk for this rank on `device` (parallel state must be initialised).
-    `pg_collection` (megatron's ProcessGroupCollection) replaces the parallel state's groups, e.g. to build
-    one rank's shard of a large layout on the meta device in a single process."""
-    from megatron.core import parallel_state as ps
+    """One Megatron GPTModel chunk on `device`: with the embedding when `pre_process` (the first pipeline
+    stage), with the output layer when `post_process` (the last). Parallel state must be initialised unless
+    `pg_collection` (megatron's ProcessGroupCollection) replaces its groups, e.g. to build one rank's shard of
+    a large layout on the meta device in a single process."""
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import (
         get_gpt_layer_local_spec,
@@ -152,10 +153,6 @@ def build_gpt_model(
             from megatron_mcpo.models.attention import with_sdpa_core_attention
 
             spec = with_sdpa_core_attention(spec)
-    if pre_process is None:
-        pre_process = ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
-    if post_process is None:
-        post_process = ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
     theta, scaling = rope_settings(hf)
     gpt = GPTModel(
         config=config,
@@ -179,9 +176,13 @@ def build_gpt_model(
     return gpt if next(gpt.parameters()).is_meta else gpt.to(device)
 
 
-def build_model_chunks(hf: dict, model: ModelConfig, parallel: ParallelConfig,
-                       device: Union[str, torch.device] = "cpu") -> list:
-    """This rank's model chunks on `device`: one, or `vpp` of them for the interleaved pipeline schedule."""
+def build_model_chunks(hf: dict, model: ModelConfig, parallel: ParallelConfig, groups: ParallelGroups) -> list:
+    """This rank's model chunks on groups.device: one, or `vpp` of them for the interleaved pipeline schedule
+    (virtual stage v of pipeline rank r holds layer block v * pp + r: the embedding is in the very first,
+    the output layer in the very last)."""
+    first, last = groups.pp_rank == 0, groups.pp_rank == groups.pp_size - 1
     if parallel.vpp is None:
-        return [build_gpt_model(hf, model, parallel, device=device)]
-    return [build_gpt_model(hf, model, parallel, vp_stage=i, device=device) for i in range(parallel.vpp)]
+        return [build_gpt_model(hf, model, parallel, pre_process=first, post_process=last, device=groups.device)]
+    return [build_gpt_model(hf, model, parallel, pre_process=first and v == 0,
+                            post_process=last and v == parallel.vpp - 1, vp_stage=v, device=groups.device)
+            for v in range(parallel.vpp)]

@@ -19,9 +19,6 @@ def installed() -> bool:
     return importlib.util.find_spec("transformer_engine") is not None
 
 
-_RECIPES = {"delayed": "delayed", "tensorwise": "tensorwise", "blockwise": "blockwise"}
-
-
 def fp8_kwargs(fp8: str, recipe: str) -> dict:
     """TransformerConfig fields for FP8 training, validated against the installed TE."""
     if not available():
@@ -30,4 +27,4 @@ def fp8_kwargs(fp8: str, recipe: str) -> dict:
 
     if not hasattr(Fp8Recipe, recipe):
         raise RuntimeError(f"model.fp8_recipe: '{recipe}' is not supported by this megatron-core/TE")
-    return {"fp8": fp8, "fp8_recipe": _RECIPES[recipe]}
+    return {"fp8": fp8, "fp8_recipe": recipe}

@@ -92,7 +92,7 @@ def setup_train_state(cfg: Config, hf_config: dict, groups: ParallelGroups) -> T
     """Build this rank's model chunks on groups.device (DDP-wrapped), the optimizer and the scheduler."""
     from megatron.core.distributed import finalize_model_grads
 
-    chunks = wrap_ddp(build_model_chunks(hf_config, cfg.model, cfg.parallel, groups.device), cfg)
+    chunks = wrap_ddp(build_model_chunks(hf_config, cfg.model, cfg.parallel, groups), cfg)
     optimizer, scheduler = build_optimizer(chunks, cfg)
     for c in chunks:
         # DP gradient reduction and tied-embedding sync across PP happen here after each backward.

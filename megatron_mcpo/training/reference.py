@@ -20,7 +20,7 @@ from megatron_mcpo.training.train_step import concat_outputs, forward_outputs, s
 
 class ReferencePolicy:
     def __init__(self, cfg: Config, hf_config: dict, groups: ParallelGroups, load_weights: Callable[[list], None]):
-        chunks = build_model_chunks(hf_config, cfg.model, cfg.parallel, groups.device)
+        chunks = build_model_chunks(hf_config, cfg.model, cfg.parallel, groups)
         for chunk in chunks:
             chunk.requires_grad_(False)
         load_weights(chunks)

@@ -9,6 +9,7 @@ from typing import Iterator
 
 import torch
 
+from megatron_mcpo.distributed import ParallelGroups
 from megatron_mcpo.models.families import read_hf_config
 from megatron_mcpo.models.policy import unwrap
 from megatron_mcpo.progress import bar
@@ -27,22 +28,16 @@ def global_named_parameters(chunk) -> Iterator[tuple[str, torch.nn.Parameter]]:
         yield name, param
 
 
-def _tp_rank_size() -> tuple[int, int]:
-    from megatron.core import parallel_state as ps
-
-    return ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size()
-
-
 @torch.no_grad()
-def load_hf_weights(model_chunks: list, hf_dir: str) -> None:
-    """Copy the HF weights of `hf_dir` into this rank's shards of `model_chunks`.
+def load_hf_weights(model_chunks: list, hf_dir: str, groups: ParallelGroups) -> None:
+    """Copy the HF weights of `hf_dir` into this rank's shards of `model_chunks` (its TP rank in `groups`).
 
     Raises WeightMappingError naming the tensor on a missing HF tensor, a Megatron parameter without a
     mapping, or a shape mismatch; FileNotFoundError on missing shard files.
     """
     hf = read_hf_config(hf_dir)
     mapping = family_mapping(hf)
-    tp_rank, tp_size = _tp_rank_size()
+    tp_rank, tp_size = groups.tp_rank, groups.tp_size
     with HFCheckpointReader(hf_dir) as reader:
         params = [p for chunk in model_chunks for p in global_named_parameters(chunk)]
         for name, param in bar(params, desc=f"loading {hf_dir}", unit="tensor"):

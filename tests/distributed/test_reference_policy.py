@@ -19,7 +19,7 @@ def _rank_fn(rank, hf_dir):
     state, groups = train_state(hf_dir, pp=2)
     cfg = Config()
     cfg.parallel.pp, cfg.parallel.micro_batch_size = 2, 2
-    ref = ReferencePolicy(cfg, hf_config(hf_dir), groups, lambda chunks: load_hf_weights(chunks, hf_dir))
+    ref = ReferencePolicy(cfg, hf_config(hf_dir), groups, lambda chunks: load_hf_weights(chunks, hf_dir, groups))
     assert not any(p.requires_grad for p in ref.policy.parameters())
     tokens = fixed_tokens(n=4, length=16)
     batch = {"tokens": tokens, "response_mask": torch.ones_like(tokens, dtype=torch.bool)}

@@ -26,7 +26,7 @@ def _step(rank, device, hf_dir, overrides, tp=1):
     cfg = load_config(overrides=[f"run.device={device}", "optimizer.optimizer=sgd", "optimizer.lr=0.1", *overrides])
     groups = init_distributed(tp=tp, device=device)
     state = setup_train_state(cfg, read_hf_config(hf_dir), groups)
-    load_hf_weights(state.policy.chunks, hf_dir)
+    load_hf_weights(state.policy.chunks, hf_dir, groups)
     dev = groups.device
     g = torch.Generator().manual_seed(0)
     batch = {"tokens": torch.randint(0, 1000, (4, 32), generator=g).to(dev),

@@ -85,8 +85,8 @@ def trainer_pieces(rank, hf_dir, device="cpu", claim_cuda=True):
     groups = init_distributed(device=cfg.run.device)
     hf = read_hf_config(hf_dir)
     state = setup_train_state(cfg, hf, groups)
-    load_hf_weights(state.policy.chunks, hf_dir)
-    reference = ReferencePolicy(cfg, hf, groups, lambda chunks: load_hf_weights(chunks, hf_dir))
+    load_hf_weights(state.policy.chunks, hf_dir, groups)
+    reference = ReferencePolicy(cfg, hf, groups, lambda chunks: load_hf_weights(chunks, hf_dir, groups))
     projector = build_projector(cfg.mcpo, hf["hidden_size"], cfg.run.seed, groups.device)
     g = torch.Generator().manual_seed(0)
     rollouts = [Rollout(prompt_uid=i // 2, domain="math", prompt_ids=torch.randint(0, 500, (5,), generator=g).tolist(),

@@ -26,7 +26,7 @@ def train_state(hf_dir: str, tp: int = 1, pp: int = 1, vpp=None, lr: float = 3e-
     cfg.optimizer.lr, cfg.optimizer.weight_decay = lr, 0.0
     cfg.rollout.temperature = temperature
     state = setup_train_state(cfg, hf_config(hf_dir), groups)
-    load_hf_weights(state.policy.chunks, hf_dir)
+    load_hf_weights(state.policy.chunks, hf_dir, groups)
     return state, groups
 
 

@@ -32,9 +32,9 @@ def _rank_fn(rank, hf_dirs, ckpt_dirs, tokens):
         for fam in FAMILIES:
             hf = hf_config(hf_dirs[fam])
             for source in ("hf", "ckpt"):
-                chunks = build_model_chunks(hf, ModelConfig(), ParallelConfig(tp=tp, pp=pp, vpp=vpp))
+                chunks = build_model_chunks(hf, ModelConfig(), ParallelConfig(tp=tp, pp=pp, vpp=vpp), groups)
                 if source == "hf":
-                    load_hf_weights(chunks, hf_dirs[fam])
+                    load_hf_weights(chunks, hf_dirs[fam], groups)
                 else:
                     load_model_weights(chunks, ckpt_dirs[fam])
                 outs = forward_outputs(PolicyModel(chunks, hf, groups), split_microbatches(batch, 2))
