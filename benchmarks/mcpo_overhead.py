@@ -137,7 +137,7 @@ def bench_train_step(device: torch.device, repeats: int, smoke: bool = False) ->
         "old_logprobs": -torch.rand(n, seq, generator=g) * 5,
         "advantages": torch.randn(n, generator=g),
         "rewards": (torch.rand(n, generator=g) > 0.5).float(),
-        "prompt_ids": torch.arange(n) // 4,
+        "group_ids": torch.arange(n) // 4,
         "domain_ids": (torch.arange(n) // 4) % len(DOMAINS),
         "pooled_old": torch.randn(n, d, generator=g),
     }

@@ -15,11 +15,11 @@ ESTIMATORS = ("grpo", "drgrpo", "rloo")
 
 
 def group_advantages(
-    rewards: torch.Tensor, prompt_ids: torch.Tensor, estimator: str = "grpo", eps: float = 1e-6
+    rewards: torch.Tensor, group_ids: torch.Tensor, estimator: str = "grpo", eps: float = 1e-6
 ) -> torch.Tensor:
-    """Sequence-level advantages Â_i, shape (N,), from rewards (N,) float and prompt_ids (N,) int.
+    """Sequence-level advantages Â_i, shape (N,), from rewards (N,) float and group_ids (N,) int.
 
-    With g = the group of rollouts sharing prompt_ids[i], mean_g its mean and std_g its unbiased std:
+    With g = the group of rollouts sharing group_ids[i], mean_g its mean and std_g its unbiased std:
       grpo:   Â_i = (r_i − mean_g) / (std_g + eps)
       drgrpo: Â_i = r_i − mean_g                          (Dr.GRPO: no std division)
       rloo:   Â_i = G/(G−1) · (r_i − mean_g) = r_i − mean of the other G−1 rollouts
@@ -28,13 +28,13 @@ def group_advantages(
     """
     n = rewards.numel() if isinstance(rewards, torch.Tensor) else None
     check_vector("rewards", rewards, kind="float")
-    check_vector("prompt_ids", prompt_ids, n, kind="int")
+    check_vector("group_ids", group_ids, n, kind="int")
     check_choice("estimator", estimator, ESTIMATORS)
     if n == 0:
         return rewards.clone()
     check_finite("rewards", rewards)
 
-    _, inv, counts = torch.unique(prompt_ids, return_inverse=True, return_counts=True)
+    _, inv, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
     # Canonical order: by prompt, ties (same prompt) by reward; stable sorts make it a lexsort.
     by_reward = torch.argsort(rewards, stable=True)
     order = by_reward[torch.argsort(inv[by_reward], stable=True)]

@@ -17,11 +17,11 @@ FILTER_METRICS = ("acc", "reward")
 
 
 def dynamic_sampling_filter(
-    values: torch.Tensor, prompt_ids: torch.Tensor, metric: str = "acc"
+    values: torch.Tensor, group_ids: torch.Tensor, metric: str = "acc"
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Keep mask (N,) bool over rollouts: a rollout is kept iff its whole prompt group is kept.
 
-    values (N,) is the per-rollout accuracy (metric='acc') or reward (metric='reward'); prompt_ids (N,).
+    values (N,) is the per-rollout accuracy (metric='acc') or reward (metric='reward'); group_ids (N,).
       acc:    keep a group unless its accuracies are all 0 or all 1  (DAPO: 0 < #correct < G)
       reward: keep a group unless its rewards are all equal
     A single-rollout group is all-equal and is dropped by both rules.
@@ -29,11 +29,11 @@ def dynamic_sampling_filter(
     count groups whose values are all 1 / all 0).
     """
     check_vector("values", values, kind="float")
-    check_vector("prompt_ids", prompt_ids, values.numel(), kind="int")
+    check_vector("group_ids", group_ids, values.numel(), kind="int")
     check_choice("metric", metric, FILTER_METRICS)
     if values.numel() == 0:
         raise ValueError("dynamic_sampling_filter: empty batch")
-    _, inv = torch.unique(prompt_ids, return_inverse=True)
+    _, inv = torch.unique(group_ids, return_inverse=True)
     groups = int(inv.max()) + 1
     vmin = values.new_full((groups,), float("inf")).scatter_reduce(0, inv, values, "amin")
     vmax = values.new_full((groups,), float("-inf")).scatter_reduce(0, inv, values, "amax")

@@ -47,13 +47,13 @@ class PoolNormalizers(NamedTuple):
     in_domain: torch.Tensor
 
 
-def prompt_prototypes(z: torch.Tensor, positive: torch.Tensor, prompt_ids: torch.Tensor) -> torch.Tensor:
-    """Prototypes μ_q (G, p), row g for the g-th entry of torch.unique(prompt_ids) (Eq. 5).
+def prompt_prototypes(z: torch.Tensor, positive: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """Prototypes μ_q (G, p), row g for the g-th entry of torch.unique(group_ids) (Eq. 5).
 
     μ_q = Norm(mean of sg(z_i) over the correct rollouts of q); a prompt without a correct rollout gets 0.
     """
     z = z.detach()
-    _, group = torch.unique(prompt_ids, return_inverse=True)
+    _, group = torch.unique(group_ids, return_inverse=True)
     weight = positive.to(z.dtype)
     sums = z.new_zeros(int(group.max()) + 1, z.shape[1]).index_add_(0, group, z * weight[:, None])
     counts = z.new_zeros(sums.shape[0]).index_add_(0, group, weight)
@@ -75,7 +75,7 @@ def compatibility_weights(cos: torch.Tensor, weight_mode: str) -> torch.Tensor:
 def mcpo_loss(
     u: torch.Tensor,
     rewards: torch.Tensor,
-    prompt_ids: torch.Tensor,
+    group_ids: torch.Tensor,
     domain_ids: torch.Tensor,
     *,
     temperature: float,
@@ -91,14 +91,14 @@ def mcpo_loss(
     """L_CL = α·L_cross + γ·L_in on the whole pool. Returns (loss, metrics).
 
     u (N, p) projector outputs before normalisation (every row gets gradient: anchors, positives and
-    negatives); rewards (N,) float; prompt_ids, domain_ids (N,) int. Computed in u's dtype.
+    negatives); rewards (N,) float; group_ids, domain_ids (N,) int. Computed in u's dtype.
       denominator: pos_neg D = X(i) ∪ 𝒩(i) | all D = 𝒜∖{i} ∪ 𝒩(i) | per_pos D = {j} ∪ 𝒩(i),
                    with 𝒩(i) the negatives in neg_scope: pool | same_domain | same_prompt as i
       norm:        global_mass Z_X = Σ_i Σ_j w_ij | per_anchor: mean over anchors of each one's weighted mean
       prototypes:  optional (G, p), replaces the detached prototypes computed from u (e.g. frozen ones)
     Metrics: the docs/mcpo.md §10 names as floats; a mean over an empty pair set is left out.
     """
-    pool = _Pool.build(u, rewards, prompt_ids, domain_ids, positive_threshold, prototypes)
+    pool = _Pool.build(u, rewards, group_ids, domain_ids, positive_threshold, prototypes)
     rows = pool.positive.nonzero().squeeze(1)
     terms = _anchor_terms(pool, rows, temperature, denominator, weight_mode, neg_scope)
     sets = terms.sets
@@ -114,7 +114,7 @@ def mcpo_loss(
 def mcpo_pool_normalizers(
     u: torch.Tensor,
     rewards: torch.Tensor,
-    prompt_ids: torch.Tensor,
+    group_ids: torch.Tensor,
     domain_ids: torch.Tensor,
     *,
     positive_threshold: float,
@@ -124,7 +124,7 @@ def mcpo_pool_normalizers(
 ) -> PoolNormalizers:
     """The pool-level (Z_cross, Z_in) that `mcpo_loss` uses for this pool."""
     with torch.no_grad():
-        pool = _Pool.build(u, rewards, prompt_ids, domain_ids, positive_threshold, prototypes)
+        pool = _Pool.build(u, rewards, group_ids, domain_ids, positive_threshold, prototypes)
         sets = _class_sets(pool, pool.positive.nonzero().squeeze(1), weight_mode, "pool")
         return PoolNormalizers(_normalizer(sets.mass_cross, norm), _normalizer(sets.mass_in, norm))
 
@@ -132,7 +132,7 @@ def mcpo_pool_normalizers(
 def mcpo_anchor_subset_loss(
     u: torch.Tensor,
     rewards: torch.Tensor,
-    prompt_ids: torch.Tensor,
+    group_ids: torch.Tensor,
     domain_ids: torch.Tensor,
     anchor_rows: torch.Tensor,
     normalizers: PoolNormalizers,
@@ -158,7 +158,7 @@ def mcpo_anchor_subset_loss(
     check_vector("anchor_rows", anchor_rows, kind="int")
     if anchor_rows.numel() and not (int(anchor_rows.min()) >= 0 and int(anchor_rows.max()) < u.shape[0]):
         raise ValueError(f"anchor_rows must index the pool of {u.shape[0]} rollouts")
-    pool = _Pool.build(u, rewards, prompt_ids, domain_ids, positive_threshold, prototypes)
+    pool = _Pool.build(u, rewards, group_ids, domain_ids, positive_threshold, prototypes)
     rows = anchor_rows[pool.positive[anchor_rows]]
     terms = _anchor_terms(pool, rows, temperature, denominator, weight_mode, neg_scope)
     loss_cross = _reduce(terms.num_cross, terms.sets.mass_cross, normalizers.cross, norm)
@@ -182,11 +182,11 @@ def mcpo_kernel_kwargs(cfg: "MCPOConfig") -> dict:
 
 
 def mcpo_contrastive_loss(
-    u: torch.Tensor, rewards: torch.Tensor, prompt_ids: torch.Tensor, domain_ids: torch.Tensor, cfg: "MCPOConfig"
+    u: torch.Tensor, rewards: torch.Tensor, group_ids: torch.Tensor, domain_ids: torch.Tensor, cfg: "MCPOConfig"
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """(L_CL, metrics) for the pool with the options of `cfg`. L_CL = α·L_cross + γ·L_in is before
     λ = cfg.cl_coef; the metrics add `loss_total_cl` = λ·L_CL. See `mcpo_loss` for shapes and options."""
-    loss, metrics = mcpo_loss(u, rewards, prompt_ids, domain_ids, **mcpo_kernel_kwargs(cfg))
+    loss, metrics = mcpo_loss(u, rewards, group_ids, domain_ids, **mcpo_kernel_kwargs(cfg))
     metrics["loss_total_cl"] = cfg.cl_coef * metrics["loss_cl"]
     return loss, metrics
 
@@ -209,21 +209,21 @@ class _Pool(NamedTuple):
     class_size: torch.Tensor  # (C,) float, rollouts per class
 
     @staticmethod
-    def build(u, rewards, prompt_ids, domain_ids, positive_threshold, prototypes) -> "_Pool":
+    def build(u, rewards, group_ids, domain_ids, positive_threshold, prototypes) -> "_Pool":
         if not isinstance(u, torch.Tensor) or u.dim() != 2 or not u.is_floating_point():
             raise ValueError(f"u must be a floating (N, p) tensor, got {getattr(u, 'shape', type(u))}")
         n = u.shape[0]
         if n == 0:
             raise ValueError("the MCPO pool is empty")
         check_vector("rewards", rewards, n, kind="float")
-        check_vector("prompt_ids", prompt_ids, n, kind="int")
+        check_vector("group_ids", group_ids, n, kind="int")
         check_vector("domain_ids", domain_ids, n, kind="int")
         z = F.normalize(u, dim=1, eps=NORM_EPS)
         positive = rewards >= positive_threshold
-        _, group = torch.unique(prompt_ids, return_inverse=True)
+        _, group = torch.unique(group_ids, return_inverse=True)
         num_prompts = int(group.max()) + 1
         if prototypes is None:
-            prototypes = prompt_prototypes(z, positive, prompt_ids)
+            prototypes = prompt_prototypes(z, positive, group_ids)
         elif prototypes.shape != (num_prompts, u.shape[1]):
             raise ValueError(f"prototypes must be (num prompts, p) = {(num_prompts, u.shape[1])}, "
                              f"got {tuple(prototypes.shape)}")
@@ -376,7 +376,7 @@ def _reduce(values: torch.Tensor, mass: torch.Tensor, normalizer: torch.Tensor, 
 
 
 def _metrics(pool: _Pool, t: _AnchorTerms, normalizers: PoolNormalizers, norm: str, losses) -> dict:
-    """Spec §10 metrics of one pool (all anchors). Reductions are stacked and sent to the host at once."""
+    """The metrics of one pool (docs/mcpo.md §10) (all anchors). Reductions are stacked and sent to the host at once."""
     s = t.sets
     dtype, device = t.logit_sums.dtype, t.logit_sums.device
     n, m = pool.positive.numel(), t.self_logit.numel()  # pool size, anchors

@@ -35,7 +35,8 @@ def build_train_batch(
 ) -> dict:
     """Tensors aligned with `tokens` [n, s] (s = longest sequence rounded up to pad_multiple):
     response_mask [n, s], sample_logprobs [n, s] (0 off the response), rewards [n] (overlong-shaped when
-    `overlong` = (max_response_length, buffer_len, penalty_factor)), prompt_ids, domain_ids, advantages [n].
+    `overlong` = (max_response_length, buffer_len, penalty_factor)), group_ids [n] (the rollouts' prompt_uid:
+    rollouts of one prompt form a group), domain_ids, advantages [n].
     Rows keep the rollouts' order (whole prompt groups) unless `scatter_seed` permutes them. Built on the
     host, returned on `device` (the run's device: the losses, pool and collectives use them there)."""
     scores = torch.tensor([r.score for r in rollouts], dtype=torch.float32)
@@ -55,7 +56,7 @@ def build_train_batch(
         sample_lp[i, start:end] = torch.tensor(r.sample_logprobs, dtype=torch.float32)
     batch = {
         "tokens": tokens, "response_mask": mask, "sample_logprobs": sample_lp, "rewards": scores,
-        "prompt_ids": uids, "domain_ids": torch.tensor([domain_id(r.domain) for r in rollouts]),
+        "group_ids": uids, "domain_ids": torch.tensor([domain_id(r.domain) for r in rollouts]),
         "advantages": group_advantages(scores, uids, adv_estimator, adv_eps),
     }
     if scatter_seed is not None:  # a prompt's rollouts spread over the mini-batches (verl's balancing order)

@@ -2,7 +2,7 @@
 
 This rank's share of the mini-batch is a dict of tensors (leading dim n = its rollouts):
   tokens [n, s], response_mask [n, s] bool, old_logprobs [n, s], advantages [n], rewards [n],
-  prompt_ids [n], domain_ids [n]; optional ref_logprobs [n, s]; optional is_weights [n, s] (rollout
+  group_ids [n], domain_ids [n]; optional ref_logprobs [n, s]; optional is_weights [n, s] (rollout
   mismatch correction, algorithms/rollout_correction.py); optional pooled_old [n, d] (the pooled states
   of the old-log-prob pass, on the last pipeline stage).
 Gradient modes for the contrastive term (docs/mcpo.md §8; `mcpo.grad_mode`):
@@ -57,7 +57,7 @@ def train_minibatch(
     warm = state.step < mc.warmup_batches
     mode = mc.grad_mode
     single_graph = use_mcpo and mode == "exact" and len(microbatches) == 1
-    meta = PoolMeta(local["rewards"].float(), local["prompt_ids"].long(), local["domain_ids"].long())
+    meta = PoolMeta(local["rewards"].float(), local["group_ids"].long(), local["domain_ids"].long())
 
     # The pool's states, where the mode needs them before the training passes.
     pool_states = None
@@ -99,7 +99,7 @@ def train_minibatch(
             h = out.pooled.detach() if warm else out.pooled
             H = all_gather_with_grad(h, g.dp) if not warm else gather_rows(h, g.dp)
             full = gather_meta(meta, g.dp)
-            cl, m = mcpo_contrastive_loss(projector.head(H), full.rewards, full.prompt_ids, full.domain_ids, mc)
+            cl, m = mcpo_contrastive_loss(projector.head(H), full.rewards, full.group_ids, full.domain_ids, mc)
             # Every DP rank computes the whole pool's loss: each carries 1/dp of it.
             loss = loss + mc.cl_coef * cl / g.dp_size
             pool_metrics.update({f"mcpo/{k}": float(v) for k, v in m.items()}, **{"mcpo/warmup_active": float(warm)})
@@ -129,10 +129,10 @@ def _local_anchor_context(pool_states, meta, projector, mc, g) -> dict:
         u_pool = projector.head(H)
         kw = mcpo_kernel_kwargs(mc)
         normalizers = mcpo_pool_normalizers(
-            u_pool, full.rewards, full.prompt_ids, full.domain_ids,
+            u_pool, full.rewards, full.group_ids, full.domain_ids,
             positive_threshold=kw["positive_threshold"], norm=kw["norm"], weight_mode=kw["weight_mode"],
         )
-        _, pool_metrics = mcpo_contrastive_loss(u_pool, full.rewards, full.prompt_ids, full.domain_ids, mc)
+        _, pool_metrics = mcpo_contrastive_loss(u_pool, full.rewards, full.group_ids, full.domain_ids, mc)
     metrics = {f"mcpo/{k}": float(v) for k, v in pool_metrics.items() if k not in ("loss_cross", "loss_in")}
     return {"u_pool": u_pool, "full": full, "normalizers": normalizers, "offset": g.dp_rank * pool_states.shape[0],
             "metrics": metrics}
@@ -145,5 +145,5 @@ def _local_anchor_loss(pooled, rows, ctx, projector, mc, g, warm):
     u = ctx["u_pool"].index_put((global_rows,), projector.head(h))
     full = ctx["full"]
     return mcpo_anchor_subset_loss(
-        u, full.rewards, full.prompt_ids, full.domain_ids, global_rows, ctx["normalizers"], **mcpo_kernel_kwargs(mc)
+        u, full.rewards, full.group_ids, full.domain_ids, global_rows, ctx["normalizers"], **mcpo_kernel_kwargs(mc)
     )

@@ -24,7 +24,7 @@ class PoolMeta:
     """Per-rollout pool metadata of this rank's rows, in local order."""
 
     rewards: torch.Tensor  # (n,) float
-    prompt_ids: torch.Tensor  # (n,) long, unique across ranks and generation batches
+    group_ids: torch.Tensor  # (n,) long, unique across ranks and generation batches
     domain_ids: torch.Tensor  # (n,) long
 
 
@@ -38,7 +38,7 @@ def gather_rows(x: torch.Tensor, group) -> torch.Tensor:
 
 
 def gather_meta(meta: PoolMeta, group) -> PoolMeta:
-    return PoolMeta(*(gather_rows(t, group) for t in (meta.rewards, meta.prompt_ids, meta.domain_ids)))
+    return PoolMeta(*(gather_rows(t, group) for t in (meta.rewards, meta.group_ids, meta.domain_ids)))
 
 
 def pool_gradient(
@@ -59,7 +59,7 @@ def pool_gradient(
     H = gather_rows(pooled_local.detach().float(), dp_group).requires_grad_(backbone_grad)
     full = gather_meta(meta, dp_group)
     u = projector.head(H)
-    loss_cl, metrics = mcpo_contrastive_loss(u, full.rewards, full.prompt_ids, full.domain_ids, cfg)
+    loss_cl, metrics = mcpo_contrastive_loss(u, full.rewards, full.group_ids, full.domain_ids, cfg)
     if loss_cl.requires_grad:
         (cfg.cl_coef * loss_cl).backward()
     metrics = {f"mcpo/{k}": float(v) for k, v in metrics.items()}

@@ -1,4 +1,4 @@
-"""MCPO exactness (spec §8): policy loss + λ·L_CL over the whole mini-batch pool.
+"""MCPO exactness (docs/mcpo.md §8): policy loss + λ·L_CL over the whole mini-batch pool.
 
 Reference: one process computes the whole mini-batch (8 rollouts, 4 prompts, 2 domains) in ONE graph.
 Each layout (DP=2 × 2 micro-batches each; TP=2 and PP=2 × 4 micro-batches) uses grad_mode=exact, i.e.
@@ -27,7 +27,7 @@ def _batch():
         "tokens": tokens,
         "response_mask": mask,
         "rewards": torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0]),
-        "prompt_ids": torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]),
+        "group_ids": torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]),
         "domain_ids": torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]),
         "advantages": torch.tensor([0.7, -0.7, 0.0, 0.0, -0.7, 0.7, 0.7, -0.7]),
         "noise": 0.05 * torch.randn(B, S, generator=g),

@@ -35,5 +35,5 @@ def test_scattered_order_moves_whole_rows():
     scattered = build_train_batch(_rollouts(), adv_estimator="grpo", adv_eps=1e-6, scatter_seed=3)
     order = [plain["tokens"].tolist().index(row) for row in scattered["tokens"].tolist()]
     assert sorted(order) == [0, 1, 2, 3] and order != [0, 1, 2, 3]
-    for key in ("response_mask", "sample_logprobs", "rewards", "prompt_ids", "advantages"):
+    for key in ("response_mask", "sample_logprobs", "rewards", "group_ids", "advantages"):
         assert torch.equal(scattered[key], plain[key][order]), key

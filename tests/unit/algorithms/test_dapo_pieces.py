@@ -1,4 +1,4 @@
-"""DAPO dynamic-sampling filter and overlong penalty (spec §2.3), and the domain enumeration."""
+"""DAPO dynamic-sampling filter and overlong penalty (docs/mcpo.md §2.3), and the domain enumeration."""
 import pytest
 import torch
 

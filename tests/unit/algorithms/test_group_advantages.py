@@ -48,7 +48,7 @@ def test_order_and_split_independent_bitwise(estimator):
 def test_bad_input():
     with pytest.raises(ValueError, match="estimator"):
         group_advantages(R_A, P_A, "ppo")
-    with pytest.raises(TypeError, match="prompt_ids must be an integer"):
+    with pytest.raises(TypeError, match="group_ids must be an integer"):
         group_advantages(R_A, P_A.double())
     with pytest.raises(ValueError, match="NaN"):
         group_advantages(torch.tensor([float("nan"), 1.0], dtype=F64), P_A[:2])

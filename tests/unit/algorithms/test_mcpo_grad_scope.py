@@ -1,5 +1,5 @@
 """MCPO gradients (prototypes and weights are stop-gradient), negative scopes, and the local-anchor
-subset form (spec §6–§8). float64 throughout."""
+subset form (docs/mcpo.md §6–§8). float64 throughout."""
 import itertools
 
 import pytest
@@ -69,7 +69,7 @@ def test_gradient_matches_finite_differences_with_prototypes_frozen(denominator,
 
 
 def test_prototypes_are_stop_gradient():
-    """Finite differences that also move the prototypes differ from the gradient (spec §11: by up to
+    """Finite differences that also move the prototypes differ from the gradient (docs/mcpo.md §11.1: by up to
     0.065 on Example A), so the match above is not an accident of the weights being locally constant."""
     u0, rewards, prompts, domains = example_a()
     u = u0.clone().requires_grad_()
@@ -79,7 +79,7 @@ def test_prototypes_are_stop_gradient():
 
 
 def loop_oracle(u, rewards, prompts, domains, neg_scope):
-    """D2 / global-mass / relu-cos L_CL written as plain loops over the spec's sets, with scoped negatives."""
+    """D2 / global-mass / relu-cos L_CL written as plain loops over the sets of docs/mcpo.md §6.1, with scoped negatives."""
     z = F.normalize(u, dim=1)
     logits = z @ z.T / 0.1
     pos = [float(r) >= 0.5 for r in rewards]

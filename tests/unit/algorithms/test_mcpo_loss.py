@@ -1,6 +1,7 @@
-"""MCPO loss values against the spec's worked examples (§11), metrics (§10) and edge cases (§11.3).
+"""MCPO loss values against the worked examples (docs/mcpo.md §11), metrics (§10) and edge cases (§11.3).
 
-Expected numbers are the spec's, printed to 6 decimals, so they are compared at 1e-6 in float64.
+Expected numbers are those of an independent loop-form reference, printed to 6 decimals, so they are
+compared at 1e-6 in float64.
 """
 import math
 
@@ -13,10 +14,10 @@ from megatron_mcpo.config import MCPOConfig
 TOL = 1e-6
 F64 = torch.float64
 
-# Example A (spec §11.1): 6 rollouts, 3 prompts, 2 domains; rollout 3 has reward 0.5 (boundary: positive)
+# Example A (docs/mcpo.md §11.1): 6 rollouts, 3 prompts, 2 domains; rollout 3 has reward 0.5 (boundary: positive)
 U_A = [[1.0, 0.2], [-0.3, 1.0], [0.8, 0.6], [0.9, 0.3], [0.6, 0.8], [-1.0, -0.2]]
 R_A = [1.0, 0.0, 1.0, 0.5, 1.0, 0.0]
-# Example B (spec §11.2): clamped weight, a zero-mass anchor, unequal in-domain counts
+# Example B (docs/mcpo.md §11.2): clamped weight, a zero-mass anchor, unequal in-domain counts
 U_B = [[1.0, 0.2], [0.0, -1.0], [0.8, 0.6], [0.9, 0.3], [-0.2, 1.0], [-0.5, 1.0]]
 R_B = [1.0, 0.0, 1.0, 1.0, 1.0, 1.0]
 PROMPTS = [0, 0, 1, 1, 2, 2]
@@ -110,7 +111,7 @@ def test_example_a_metrics():
 
 
 def test_example_a_intermediate_terms():
-    """§11.1 table: the prototype cosines behind the weights, anchor 4's log-denominator, the totals."""
+    """Example A (§11.1): the prototype cosines behind the weights, anchor 4's log-denominator, the totals."""
     z = torch.nn.functional.normalize(torch.tensor(U_A, dtype=F64), dim=1)
     logits = z @ z.T / 0.1
     mu_q1 = torch.nn.functional.normalize(z[2] + z[3], dim=0)

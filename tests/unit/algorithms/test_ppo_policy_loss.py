@@ -1,4 +1,4 @@
-"""PPO-clip / DAPO policy loss (spec §2.1–§2.3) against hand-computed values, and its invariance to how a
+"""PPO-clip / DAPO policy loss (docs/mcpo.md §2.1–§2.3) against hand-computed values, and its invariance to how a
 mini-batch is split into micro-batches and ranks. float64."""
 import math
 
