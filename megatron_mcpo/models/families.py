@@ -1,10 +1,11 @@
 """The supported model families, one `Family` entry each: everything that differs between them.
 
 Torch-free and importing nothing of the package, so `config.validate()` (and the launcher, which runs where
-torch may be absent) can read it. Everything else that is family-specific reads it from here:
-models/provider.py (the TransformerConfig overrides), weights/hf_mapping.py (the HF <-> Megatron name table
-and the unsupported config keys), models/tiny.py (the tiny checkpoint's config and tokenizer style).
-Adding a Llama-like family is one `Family` entry in `FAMILIES` (and a config literal naming it).
+torch may be absent) can read it. The modules that act on it: models/provider.py (the TransformerConfig
+overrides), weights/hf_mapping.py (the HF <-> Megatron name table and the unsupported config keys) and
+models/tiny.py (builds the tiny checkpoint from the config and tokenizer style here). A new Llama-like
+family (RMSNorm, SwiGLU, RoPE, GQA) is one `Family` entry in `FAMILIES`; `model.hf_path` then accepts its
+checkpoints (by `model_type`) and `tiny:<name>`.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from megatron_mcpo.config import ModelConfig, ParallelConfig
-from megatron_mcpo.models.families import tiny_hf_config
+from megatron_mcpo.models.families import FAMILIES, tiny_hf_config
 from megatron_mcpo.models.provider import build_gpt_model, padded_vocab_size, rope_settings, transformer_config_from_hf
 
 
@@ -26,7 +26,7 @@ def _hf_param_count(hf):
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("family,tied", [("llama", False), ("qwen2", False), ("qwen3", True), ("qwen3", False)])
+@pytest.mark.parametrize("family,tied", [(name, False) for name in FAMILIES] + [("qwen3", True)])
 def test_family_builds_with_hf_parameter_count(megatron_single, family, tied):
     hf = tiny_hf_config(family, tie_word_embeddings=tied)
     model = build_gpt_model(hf, ModelConfig(), ParallelConfig())
@@ -37,6 +37,9 @@ def test_family_builds_with_hf_parameter_count(megatron_single, family, tied):
     assert ("output_layer.weight" in names) is (not tied)
     assert ("decoder.layers.0.self_attention.q_layernorm.weight" in names) is (family == "qwen3")
     assert ("decoder.layers.0.self_attention.linear_qkv.bias" in names) is (family == "qwen2")
+    # The family's name table covers exactly the layer's parameters.
+    layer0 = {n.removeprefix("decoder.layers.0.") for n in names if n.startswith("decoder.layers.0.")}
+    assert layer0 == set(FAMILIES[family].layer)
     head_dim = 64
     q_rows = hf["num_attention_heads"] * head_dim + 2 * hf["num_key_value_heads"] * head_dim
     assert names["decoder.layers.0.self_attention.linear_qkv.weight"].shape == (q_rows, hf["hidden_size"])

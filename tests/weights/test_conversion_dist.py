@@ -5,10 +5,10 @@ model back out (`megatron_to_hf_tensors`, TP gather + PP broadcast) reproduces t
 import pytest
 import torch
 
+from megatron_mcpo.models.families import FAMILIES
 from megatron_mcpo.weights.dist_ckpt import convert_hf_to_megatron
 
 pytestmark = pytest.mark.dist
-FAMILIES = ("llama", "qwen2", "qwen3")
 LAYOUTS = ((1, 1, None), (2, 1, None), (1, 2, None), (1, 2, 2))  # (tp, pp, vpp)
 
 
