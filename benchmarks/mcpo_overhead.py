@@ -110,6 +110,8 @@ def bench_train_step(device: torch.device, repeats: int, smoke: bool = False) ->
     from megatron_mcpo.config import load_config
     from megatron_mcpo.distributed import init_distributed
     from megatron_mcpo.models.projection import ProjectionHead, ProjectionTrainer
+    from megatron_mcpo.training.losses import policy_loss_from_config
+    from megatron_mcpo.training.mcpo_term import make_term
     from megatron_mcpo.training.minibatch import train_minibatch
     from megatron_mcpo.training.optimizer import setup_train_state
 
@@ -129,6 +131,7 @@ def bench_train_step(device: torch.device, repeats: int, smoke: bool = False) ->
     groups = init_distributed(device=device.type)
     state = setup_train_state(cfgs["grpo"], hf, groups)
     projector = ProjectionTrainer(ProjectionHead(d, 256, 256).to(device), lr=1e-3, weight_decay=0.01, grad_clip=1.0)
+    terms = {k: make_term(c, projector, groups) for k, c in cfgs.items()}
     g = torch.Generator().manual_seed(0)
     n, seq = (16, 64) if smoke else (32, 128)
     batch = {
@@ -148,7 +151,8 @@ def bench_train_step(device: torch.device, repeats: int, smoke: bool = False) ->
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             t0 = time.perf_counter()
-            train_minibatch(state, projector, batch, cfg, reuse_old_pooled=name == "mcpo_exact_reuse_old")
+            train_minibatch(state, terms[name], policy_loss_from_config(cfg), batch, cfg.parallel.micro_batch_size,
+                            reuse_old_pooled=name == "mcpo_exact_reuse_old")
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             if i:  # the first round warms up

@@ -32,6 +32,8 @@ from megatron_mcpo.training.checkpoint import load_checkpoint, save_checkpoint
 from megatron_mcpo.training.ckpt_files import LATEST, check_run_info, model_identity, resume_source
 from megatron_mcpo.training.dynamic_sampling import dynamic_sampling_rounds
 from megatron_mcpo.training.interrupt import StopRequest, TrainingInterrupted
+from megatron_mcpo.training.losses import policy_loss_from_config
+from megatron_mcpo.training.mcpo_term import make_term
 from megatron_mcpo.training.minibatch import global_counts, train_minibatch
 from megatron_mcpo.training.optimizer import setup_train_state
 from megatron_mcpo.training.train_step import concat_outputs, forward_outputs, split_microbatches
@@ -68,6 +70,8 @@ class Trainer:
         self.projector = None
         if cfg.algorithm.is_mcpo and g.is_last_stage:
             self.projector = build_projector(cfg.mcpo, self.hf_config["hidden_size"], cfg.run.seed, g.device)
+        self.term = make_term(cfg, self.projector, g)
+        self.policy_loss = policy_loss_from_config(cfg)
         self.placement = self._plan_placement()
         with phase("rollout engine start"):
             self.engine = self._make_engine() if self.placement.engine_id is not None else None
@@ -117,7 +121,8 @@ class Trainer:
             for i, start in enumerate(range(0, n_local - mini_seqs + 1, mini_seqs)):
                 mini = {k: v[start : start + mini_seqs] for k, v in batch.items()}
                 first = epoch == 0 and i == 0  # θ still equals the rollout policy
-                m = train_minibatch(self.state, self.projector, mini, cfg, reuse_old_pooled=first)
+                m = train_minibatch(self.state, self.term, self.policy_loss, mini, cfg.parallel.micro_batch_size,
+                                    reuse_old_pooled=first)
                 for k, v in m.items():
                     metrics.setdefault(k, []).append(v)
         t["time/train"] = time.perf_counter() - tic
