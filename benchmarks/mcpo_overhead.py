@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from megatron_mcpo.algorithms.mcpo import mcpo_contrastive_loss
+from megatron_mcpo.training.mcpo_term import contrastive_kernel
 from megatron_mcpo.config import MCPOConfig
 from megatron_mcpo.domains import DOMAINS
 
@@ -65,6 +65,7 @@ def synthetic_pool(n: int, device: torch.device, seed: int = 0):
 def bench_loss(device: torch.device, repeats: int, smoke: bool = False) -> dict:
     """Projector (Linear(4096,256)-ReLU-Linear(256,256), fp32) + MCPO loss, forward + backward."""
     cfg = MCPOConfig()
+    kernel = contrastive_kernel(cfg)
     torch.manual_seed(0)
     projector = torch.nn.Sequential(
         torch.nn.Linear(D_MODEL, cfg.proj_hidden_dim),
@@ -81,12 +82,12 @@ def bench_loss(device: torch.device, repeats: int, smoke: bool = False) -> dict:
 
         def projector_and_loss():
             u = projector(hidden)
-            mcpo_contrastive_loss(u, rewards, prompts, domains, cfg)[0].backward()
+            kernel(u, rewards, prompts, domains)[0].backward()
 
         u_leaf = projector(hidden).detach().requires_grad_()
 
         def loss_only():
-            mcpo_contrastive_loss(u_leaf, rewards, prompts, domains, cfg)[0].backward()
+            kernel(u_leaf, rewards, prompts, domains)[0].backward()
 
         base = median_ms(projector_only, device, repeats)
         full = median_ms(projector_and_loss, device, repeats)

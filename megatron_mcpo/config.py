@@ -119,13 +119,14 @@ class AlgorithmConfig:
     adv_estimator: Literal["grpo", "drgrpo", "rloo"] = "grpo"
     adv_eps: float = 1e-6
     # Fields left at None take the algorithm's default (DAPO: clip-higher 0.28, token-mean, dynamic
-    # sampling and overlong shaping on); see `resolved()`.
+    # sampling and overlong shaping on), filled in when the config is built (`__post_init__`).
+    # (Changing `name` afterwards does not re-resolve them: set it in the YAML or with --set.)
     clip_ratio_low: float = 0.2
     clip_ratio_high: Optional[float] = None
     clip_ratio_c: float = 3.0  # dual clip for negative advantages
     ratio_log_clamp: float = 20.0
     loss_agg_mode: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = "token-mean"
-    loss_agg_norm_length: Optional[int] = None  # L_const of seq-mean-token-sum-norm (default: max response length)
+    loss_agg_norm_length: Optional[int] = None  # L_const of seq-mean-token-sum-norm (default: rollout.max_response_length)
     entropy_coef: float = 0.001
     kl_coef: float = 0.0
     kl_estimator: Literal["k1", "k3"] = "k3"
@@ -139,6 +140,7 @@ class AlgorithmConfig:
     # rollout/dynamic_sampling_exhausted = 1.
     dynamic_sampling_on_exhausted: Literal["error", "continue"] = "error"
     # Prompts generated per round under dynamic sampling (verl's data.gen_batch_size); default train_batch_prompts.
+    # Stays None without dynamic sampling (where nothing reads it).
     gen_batch_prompts: Optional[int] = None
     overlong_buffer_enable: Optional[bool] = None
     overlong_buffer_len: int = 128
@@ -161,15 +163,17 @@ class AlgorithmConfig:
     def is_dapo(self) -> bool:
         return self.name in ("dapo", "mcpo_dapo")
 
-    def resolved(self) -> "AlgorithmConfig":
-        """A copy with every None replaced by the named algorithm's default."""
+    def __post_init__(self) -> None:
+        """Every None replaced by the named algorithm's default, once, when the config is built."""
         dapo = self.is_dapo
-        return dataclasses.replace(
-            self,
-            clip_ratio_high=self.clip_ratio_high if self.clip_ratio_high is not None else (0.28 if dapo else 0.2),
-            dynamic_sampling=self.dynamic_sampling if self.dynamic_sampling is not None else dapo,
-            overlong_buffer_enable=(self.overlong_buffer_enable if self.overlong_buffer_enable is not None else dapo),
-        )
+        if self.clip_ratio_high is None:
+            self.clip_ratio_high = 0.28 if dapo else 0.2
+        if self.dynamic_sampling is None:
+            self.dynamic_sampling = dapo
+        if self.overlong_buffer_enable is None:
+            self.overlong_buffer_enable = dapo
+        if self.dynamic_sampling and self.gen_batch_prompts is None:
+            self.gen_batch_prompts = self.train_batch_prompts
 
 
 @dataclass
@@ -303,6 +307,11 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        # Defaults that come from another section, resolved once when the config is built.
+        if self.algorithm.loss_agg_norm_length is None:
+            self.algorithm.loss_agg_norm_length = self.rollout.max_response_length
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -542,7 +551,7 @@ def validate(
 
     a = cfg.algorithm
     _require(a.clip_ratio_low >= 0, f"algorithm.clip_ratio_low: must be >= 0, got {a.clip_ratio_low}")
-    _require(a.clip_ratio_high is None or a.clip_ratio_high >= 0, "algorithm.clip_ratio_high: must be >= 0")
+    _require(a.clip_ratio_high >= 0, f"algorithm.clip_ratio_high: must be >= 0, got {a.clip_ratio_high}")
     _require(a.clip_ratio_c > 1, f"algorithm.clip_ratio_c: must be > 1, got {a.clip_ratio_c}")
     _require(a.train_batch_prompts >= 1, f"algorithm.train_batch_prompts: must be >= 1, got {a.train_batch_prompts}")
     _require(a.mini_batch_prompts >= 1, "algorithm.mini_batch_prompts: must be >= 1")
@@ -555,7 +564,7 @@ def validate(
     _require(a.overlong_buffer_len >= 1, "algorithm.overlong_buffer_len: must be >= 1")
     _require(a.max_num_gen_batches >= 1, f"algorithm.max_num_gen_batches: must be >= 1, got {a.max_num_gen_batches}")
     if a.gen_batch_prompts is not None:
-        _require(a.resolved().dynamic_sampling,
+        _require(a.dynamic_sampling,
                  "algorithm.gen_batch_prompts: only used with dynamic sampling (otherwise every round is train_batch_prompts)")
         _require(a.gen_batch_prompts >= 1, f"algorithm.gen_batch_prompts: must be >= 1, got {a.gen_batch_prompts}")
     rc = a.rollout_correction
@@ -567,7 +576,7 @@ def validate(
     _require(rc.token_mask_low is None or 0 <= rc.token_mask_low < 1 < rc.token_mask_high,
              "algorithm.rollout_correction.token_mask_low: need 0 <= token_mask_low < 1 < token_mask_high")
     _require(
-        not a.resolved().overlong_buffer_enable or a.overlong_buffer_len <= cfg.rollout.max_response_length,
+        not a.overlong_buffer_enable or a.overlong_buffer_len <= cfg.rollout.max_response_length,
         f"algorithm.overlong_buffer_len: {a.overlong_buffer_len} exceeds rollout.max_response_length",
     )
     if world_size is not None:

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_mcpo.algorithms.dapo import overlong_penalty
-from megatron_mcpo.algorithms.rollout_correction import correction_kwargs, reduce_correction_metrics, rollout_correction
+from megatron_mcpo.algorithms.rollout_correction import reduce_correction_metrics, rollout_correction
 from megatron_mcpo.config import Config, read_hf_config, validate
 from megatron_mcpo.data.batch import Rollout, build_train_batch
 from megatron_mcpo.data.dataset import PromptSampler, plain_prompt_warning, record_domain, score_item
@@ -32,7 +32,7 @@ from megatron_mcpo.training.checkpoint import load_checkpoint, save_checkpoint
 from megatron_mcpo.training.ckpt_files import LATEST, check_run_info, model_identity, resume_source
 from megatron_mcpo.training.dynamic_sampling import dynamic_sampling_rounds
 from megatron_mcpo.training.interrupt import StopRequest, TrainingInterrupted
-from megatron_mcpo.training.losses import policy_loss_from_config
+from megatron_mcpo.training.losses import correction_knobs, policy_loss_from_config
 from megatron_mcpo.training.mcpo_term import make_term
 from megatron_mcpo.training.minibatch import global_counts, train_minibatch
 from megatron_mcpo.training.optimizer import setup_train_state
@@ -145,14 +145,14 @@ class Trainer:
         gen_batch_prompts prompts are generated until train_batch_prompts mixed-outcome groups are kept,
         counted over all replicas (verl's recipe), and the kept groups are then shared out evenly."""
         cfg, g = self.cfg, self.groups
-        a = cfg.algorithm.resolved()
+        a = cfg.algorithm
         metrics = {}
         if not a.dynamic_sampling:
             kept, all_results = self._generate_round(a.train_batch_prompts)
             groups_kept = a.train_batch_prompts
         else:
             ds = dynamic_sampling_rounds(
-                lambda: self._generate_round(a.gen_batch_prompts or a.train_batch_prompts),
+                lambda: self._generate_round(a.gen_batch_prompts),
                 lambda rollouts: self._filter_values(rollouts, a),
                 n=cfg.rollout.n, train_batch_prompts=a.train_batch_prompts, mini_batch_prompts=a.mini_batch_prompts,
                 max_rounds=a.max_num_gen_batches, metric=a.dynamic_sampling_metric,
@@ -245,7 +245,7 @@ class Trainer:
 
     def make_train_batch(self, rollouts: list[Rollout]) -> dict:
         cfg = self.cfg
-        a = cfg.algorithm.resolved()
+        a = cfg.algorithm
         overlong = (cfg.rollout.max_response_length, a.overlong_buffer_len, a.overlong_penalty_factor)
         return build_train_batch(
             rollouts, adv_estimator=a.adv_estimator, adv_eps=a.adv_eps,
@@ -267,10 +267,10 @@ class Trainer:
         rc = self.cfg.algorithm.rollout_correction
         tokens, seqs = global_counts(batch, self.groups.dp)
         weights, corr = rollout_correction(out.logprobs, batch["sample_logprobs"], m, global_num_tokens=tokens,
-                                           global_num_seqs=seqs, **correction_kwargs(rc))
+                                           global_num_seqs=seqs, **correction_knobs(rc))
         metrics.update(reduce_correction_metrics(corr, self.groups.dp))
         result = {"old_logprobs": out.logprobs, "pooled_old": out.pooled}
-        if any(v is not None for v in correction_kwargs(rc).values()):
+        if any(v is not None for v in correction_knobs(rc).values()):
             result["is_weights"] = weights
         return result, metrics
 
