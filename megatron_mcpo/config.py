@@ -62,6 +62,19 @@ class ParallelConfig:
 
 
 @dataclass
+class SamplingSpec:
+    """What a rollout engine samples in one call (rollout/engine.py): `n` answers per prompt of at most
+    `max_tokens` tokens. The run's two are `RolloutConfig.sampling` (training) and `EvalConfig.sampling`."""
+
+    n: int = 1
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = -1  # -1 = off
+    max_tokens: int = 64
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
 class RolloutConfig:
     n: int = 8  # samples per prompt (G)
     temperature: float = 1.0
@@ -97,6 +110,12 @@ class RolloutConfig:
     # Longest a generate/score/refit call may take before the engine is declared hung (0 = no limit);
     # a dead engine process is detected within seconds regardless.
     engine_timeout_s: float = 3600.0
+
+    @property
+    def sampling(self) -> SamplingSpec:
+        """How training rollouts are sampled."""
+        return SamplingSpec(n=self.n, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                            max_tokens=self.max_response_length, stop=list(self.stop))
 
 
 @dataclass
@@ -227,6 +246,13 @@ class EvalConfig:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     max_response_length: Optional[int] = None  # default: rollout.max_response_length
+    stop: Optional[list[str]] = None  # default: rollout.stop
+
+    @property
+    def sampling(self) -> SamplingSpec:
+        """How held-out answers are sampled."""
+        return SamplingSpec(n=self.n, temperature=self.temperature, top_p=self.top_p,
+                            max_tokens=self.max_response_length, stop=list(self.stop))
 
 
 @dataclass
@@ -312,6 +338,10 @@ class Config:
         # Defaults that come from another section, resolved once when the config is built.
         if self.algorithm.loss_agg_norm_length is None:
             self.algorithm.loss_agg_norm_length = self.rollout.max_response_length
+        if self.eval.max_response_length is None:
+            self.eval.max_response_length = self.rollout.max_response_length
+        if self.eval.stop is None:
+            self.eval.stop = list(self.rollout.stop)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -629,7 +659,7 @@ def validate(
     _require(0 < e.top_p <= 1, "eval.top_p: must be in (0, 1]")
     _require(e.prompts_per_domain >= 1, "eval.prompts_per_domain: must be >= 1")
     _require(cfg.data.synthetic_per_domain >= 1, "data.synthetic_per_domain: must be >= 1")
-    _require(e.max_response_length is None or 1 <= e.max_response_length <= r.max_response_length,
+    _require(1 <= e.max_response_length <= r.max_response_length,
              "eval.max_response_length: must be in [1, rollout.max_response_length] (the engine's context is sized by it)")
     o = cfg.optimizer
     _require(o.lr >= 0 and o.min_lr >= 0, "optimizer.lr: must be >= 0")

@@ -21,13 +21,14 @@ from megatron_mcpo.algorithms.dapo import overlong_penalty
 from megatron_mcpo.algorithms.rollout_correction import reduce_correction_metrics, rollout_correction
 from megatron_mcpo.config import Config, read_hf_config, validate
 from megatron_mcpo.data.batch import Rollout, build_train_batch
-from megatron_mcpo.data.dataset import PromptSampler, plain_prompt_warning, record_domain, score_item
+from megatron_mcpo.data.dataset import PromptSampler, plain_prompt_warning, record_domain
 from megatron_mcpo.data.formats import load_records
 from megatron_mcpo.data.synthetic import synthetic_suite
 from megatron_mcpo.distributed import broadcast_object, init_distributed
 from megatron_mcpo.metrics_log import MetricsLogger
 from megatron_mcpo.models.projection import build_projector
 from megatron_mcpo.progress import phase
+from megatron_mcpo.rollout.collect import EVAL_SEED_OFFSET, gather_lists, generate_and_score, length_metrics, sampling_seed
 from megatron_mcpo.training.checkpoint import load_checkpoint, save_checkpoint
 from megatron_mcpo.training.ckpt_files import LATEST, check_run_info, model_identity, resume_source
 from megatron_mcpo.training.dynamic_sampling import dynamic_sampling_rounds
@@ -165,13 +166,9 @@ class Trainer:
             metrics.update({"rollout/gen_rounds": float(ds.rounds), "rollout/dynamic_sampling_exhausted": float(ds.exhausted)})
         from megatron_mcpo.rewards import reward_metrics
 
-        gathered = [None] * g.dp_size
-        dist.all_gather_object(gathered, all_results, group=g.dp)
-        metrics.update(reward_metrics([r for part in gathered for r in part]))
+        metrics.update(reward_metrics(gather_lists(all_results, g.dp, g.dp_size)))
         metrics.update({"rollout/groups_kept": float(groups_kept), "rollout/gen_batches": float(self.gen_batches)})
-        lengths = [len(r.response_ids) for r in kept] or [0]
-        metrics["rollout/response_length_mean"] = sum(lengths) / len(lengths)
-        metrics["rollout/clip_ratio"] = sum(r.finish_reason == "length" for r in kept) / max(len(kept), 1)
+        metrics.update(length_metrics([len(r.response_ids) for r in kept], [r.finish_reason == "length" for r in kept], "rollout"))
         return kept, metrics
 
     def _generate_round(self, prompts: int) -> tuple[list[Rollout], list]:
@@ -215,25 +212,19 @@ class Trainer:
                 merge_engine_shares({k: p[1] for k, p in shares.items()}, len(records), K, n))
 
     def _rollouts_on_engine(self, records, uid_base, score: bool = True):
-        from megatron_mcpo.rollout.engine import SamplingSpec
-
-        cfg = self.cfg
         # Reproducible per (run seed, replica, generation batch, prompt, sample): a resumed run repeats.
-        self.engine.set_sampling_seed(cfg.rollout.seed * 1_000_003 + self.groups.dp_rank * 7919 + uid_base)
-        samples = self.engine.generate([rec["prompt"] for _, rec in records], SamplingSpec.from_rollout_config(cfg.rollout))
-        rollouts, items = [], []
-        for (index, rec), group in zip(records, samples):
-            domain = record_domain(rec)
-            for s in group:
-                rollouts.append(Rollout(uid_base + index, domain, s.prompt_ids, s.token_ids, s.logprobs, s.finish_reason))
-                items.append(score_item(rec, s.text))
+        seed = sampling_seed(self.cfg.rollout.seed, self.groups.dp_rank, uid_base)
+        groups = generate_and_score(self.engine, self.scorer if score else None, [rec for _, rec in records],
+                                    self.cfg.rollout.sampling, seed, errors="zero")
+        rollouts = [Rollout(uid_base + index, record_domain(rec), a.sample.prompt_ids, a.sample.token_ids,
+                            a.sample.logprobs, a.sample.finish_reason)
+                    for (index, rec), group in zip(records, groups) for a in group]
         if not score:
             return rollouts, None
-        results = self.scorer.score_batch(items, errors="zero")
+        results = [a.result for group in groups for a in group]
         self._note_scorer_errors(results)
-        self._samples = [{"prompt": _prompt_text(rec["prompt"]), "response": group[0].text,
-                          "score": float(results[k * cfg.rollout.n]["score"])}
-                         for k, ((_, rec), group) in enumerate(zip(records[:SAMPLES_LOGGED], samples))]
+        self._samples = [{"prompt": _prompt_text(group[0].record["prompt"]), "response": group[0].sample.text,
+                          "score": float(group[0].result["score"])} for group in groups[:SAMPLES_LOGGED]]
         for r, res in zip(rollouts, results):
             r.score, r.acc = float(res["score"]), float(bool(res["acc"]))
         return rollouts, results
@@ -277,18 +268,14 @@ class Trainer:
     def evaluate(self) -> dict:
         """Held-out metrics of the current policy (evaluation.py); collective over all ranks."""
         from megatron_mcpo.evaluation import evaluate
-        from megatron_mcpo.rollout.engine import SamplingSpec
 
         cfg, g, e = self.cfg, self.groups, self.cfg.eval
         if self._eval_records is None:
             self._eval_records = self._load_records(e.files, cfg.data.seed + 1, e.prompts_per_domain, "heldout")
-        sampling = SamplingSpec(n=e.n, temperature=e.temperature, top_p=e.top_p, stop=list(cfg.rollout.stop),
-                                max_tokens=e.max_response_length or cfg.rollout.max_response_length)
-        if self.engine is not None:  # the same answers for the same weights, whenever evaluated
-            self.engine.set_sampling_seed(cfg.rollout.seed * 1_000_003 + g.dp_rank * 7919 + 999_999_937)
+        seed = sampling_seed(cfg.rollout.seed, g.dp_rank, EVAL_SEED_OFFSET)  # same weights, same answers
         tic = time.perf_counter()
         with phase("evaluation"):
-            metrics = evaluate(self.engine, self.scorer, self._eval_records, sampling, g.dp, g.dp_rank, g.dp_size)
+            metrics = evaluate(self.engine, self.scorer, self._eval_records, e.sampling, g.dp, g.dp_rank, g.dp_size, seed)
         metrics["time/eval"] = time.perf_counter() - tic
         return metrics
 
