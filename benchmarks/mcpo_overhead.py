@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from megatron_mcpo.algorithms.mcpo import mcpo_contrastive_loss
+from megatron_mcpo.training.mcpo_term import contrastive_kernel
 from megatron_mcpo.config import MCPOConfig
 from megatron_mcpo.domains import DOMAINS
 
@@ -65,6 +65,7 @@ def synthetic_pool(n: int, device: torch.device, seed: int = 0):
 def bench_loss(device: torch.device, repeats: int, smoke: bool = False) -> dict:
     """Projector (Linear(4096,256)-ReLU-Linear(256,256), fp32) + MCPO loss, forward + backward."""
     cfg = MCPOConfig()
+    kernel = contrastive_kernel(cfg)
     torch.manual_seed(0)
     projector = torch.nn.Sequential(
         torch.nn.Linear(D_MODEL, cfg.proj_hidden_dim),
@@ -81,12 +82,12 @@ def bench_loss(device: torch.device, repeats: int, smoke: bool = False) -> dict:
 
         def projector_and_loss():
             u = projector(hidden)
-            mcpo_contrastive_loss(u, rewards, prompts, domains, cfg)[0].backward()
+            kernel(u, rewards, prompts, domains)[0].backward()
 
         u_leaf = projector(hidden).detach().requires_grad_()
 
         def loss_only():
-            mcpo_contrastive_loss(u_leaf, rewards, prompts, domains, cfg)[0].backward()
+            kernel(u_leaf, rewards, prompts, domains)[0].backward()
 
         base = median_ms(projector_only, device, repeats)
         full = median_ms(projector_and_loss, device, repeats)
@@ -110,6 +111,8 @@ def bench_train_step(device: torch.device, repeats: int, smoke: bool = False) ->
     from megatron_mcpo.config import load_config
     from megatron_mcpo.distributed import init_distributed
     from megatron_mcpo.models.projection import ProjectionHead, ProjectionTrainer
+    from megatron_mcpo.training.losses import policy_loss_from_config
+    from megatron_mcpo.training.mcpo_term import make_term
     from megatron_mcpo.training.minibatch import train_minibatch
     from megatron_mcpo.training.optimizer import setup_train_state
 
@@ -129,6 +132,7 @@ def bench_train_step(device: torch.device, repeats: int, smoke: bool = False) ->
     groups = init_distributed(device=device.type)
     state = setup_train_state(cfgs["grpo"], hf, groups)
     projector = ProjectionTrainer(ProjectionHead(d, 256, 256).to(device), lr=1e-3, weight_decay=0.01, grad_clip=1.0)
+    terms = {k: make_term(c, projector, groups) for k, c in cfgs.items()}
     g = torch.Generator().manual_seed(0)
     n, seq = (16, 64) if smoke else (32, 128)
     batch = {
@@ -148,7 +152,8 @@ def bench_train_step(device: torch.device, repeats: int, smoke: bool = False) ->
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             t0 = time.perf_counter()
-            train_minibatch(state, projector, batch, cfg, reuse_old_pooled=name == "mcpo_exact_reuse_old")
+            train_minibatch(state, terms[name], policy_loss_from_config(cfg), batch, cfg.parallel.micro_batch_size,
+                            reuse_old_pooled=name == "mcpo_exact_reuse_old")
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             if i:  # the first round warms up

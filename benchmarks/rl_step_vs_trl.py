@@ -70,8 +70,8 @@ def trl_worker(model_dir: str, prompts_file: str, steps: int, out: str) -> None:
 
 
 def ours(model_dir: str, prompts: list, engine: str, steps: int, out_dir: str) -> dict:
-    from megatron_mcpo.config import load_config
-    from megatron_mcpo.trainer import Trainer
+    from megatron_mcpo.config import load_config, validate
+    from megatron_mcpo.build import build_trainer
 
     path = os.path.join(out_dir, "prompts.jsonl")
     with open(path, "w") as f:
@@ -86,7 +86,7 @@ def ours(model_dir: str, prompts: list, engine: str, steps: int, out_dir: str) -
         "eval.before_train=false", "eval.every=0", f"run.output_dir={out_dir}", f"logging.log_dir={out_dir}/logs",
         f"run.total_steps={steps}", "rollout.gpu_memory_utilization=0.1",
     ])
-    trainer = Trainer(cfg)
+    trainer = build_trainer(validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1"))))
     startup = time.perf_counter() - t0
     try:
         history = [trainer.rl_step() for _ in range(steps)]

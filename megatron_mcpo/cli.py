@@ -58,7 +58,8 @@ def main(argv=None) -> int:
         return 0
     try:
         cfg = load_config(args.config, args.overrides)
-        # Everything that can be checked is, before torch.distributed or a model exists.
+        # Everything that can be checked is, before torch.distributed or a model exists (build_trainer
+        # checks nothing again; the data files it reads were parsed here, once: data/formats.py).
         validate(cfg, world_size=args.world_size if args.command == "validate" else int(os.environ.get("WORLD_SIZE", "1")))
         if args.command == "validate":
             print(f"config OK ({args.config or 'defaults'})")
@@ -70,13 +71,13 @@ def main(argv=None) -> int:
 
     from megatron_mcpo import progress
     from megatron_mcpo.rollout.engine import EngineDiedError
-    from megatron_mcpo.trainer import Trainer
+    from megatron_mcpo.build import build_trainer
     from megatron_mcpo.training.interrupt import TrainingInterrupted
 
     progress.configure(cfg.logging.progress and not args.quiet)
 
     try:
-        trainer = Trainer(cfg)
+        trainer = build_trainer(cfg)
     except _expected_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -58,6 +58,19 @@ class ParallelConfig:
 
 
 @dataclass
+class SamplingSpec:
+    """What a rollout engine samples in one call (rollout/engine.py): `n` answers per prompt of at most
+    `max_tokens` tokens. The run's two are `RolloutConfig.sampling` (training) and `EvalConfig.sampling`."""
+
+    n: int = 1
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = -1  # -1 = off
+    max_tokens: int = 64
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
 class RolloutConfig:
     n: int = 8  # samples per prompt (G)
     temperature: float = 1.0
@@ -94,6 +107,12 @@ class RolloutConfig:
     # a dead engine process is detected within seconds regardless.
     engine_timeout_s: float = 3600.0
 
+    @property
+    def sampling(self) -> SamplingSpec:
+        """How training rollouts are sampled."""
+        return SamplingSpec(n=self.n, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                            max_tokens=self.max_response_length, stop=list(self.stop))
+
 
 @dataclass
 class RolloutCorrectionConfig:
@@ -115,13 +134,14 @@ class AlgorithmConfig:
     adv_estimator: Literal["grpo", "drgrpo", "rloo"] = "grpo"
     adv_eps: float = 1e-6
     # Fields left at None take the algorithm's default (DAPO: clip-higher 0.28, token-mean, dynamic
-    # sampling and overlong shaping on); see `resolved()`.
+    # sampling and overlong shaping on), filled in when the config is built (`__post_init__`).
+    # (Changing `name` afterwards does not re-resolve them: set it in the YAML or with --set.)
     clip_ratio_low: float = 0.2
     clip_ratio_high: Optional[float] = None
     clip_ratio_c: float = 3.0  # dual clip for negative advantages
     ratio_log_clamp: float = 20.0
     loss_agg_mode: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = "token-mean"
-    loss_agg_norm_length: Optional[int] = None  # L_const of seq-mean-token-sum-norm (default: max response length)
+    loss_agg_norm_length: Optional[int] = None  # L_const of seq-mean-token-sum-norm (default: rollout.max_response_length)
     entropy_coef: float = 0.001
     kl_coef: float = 0.0
     kl_estimator: Literal["k1", "k3"] = "k3"
@@ -135,6 +155,7 @@ class AlgorithmConfig:
     # rollout/dynamic_sampling_exhausted = 1.
     dynamic_sampling_on_exhausted: Literal["error", "continue"] = "error"
     # Prompts generated per round under dynamic sampling (verl's data.gen_batch_size); default train_batch_prompts.
+    # Stays None without dynamic sampling (where nothing reads it).
     gen_batch_prompts: Optional[int] = None
     overlong_buffer_enable: Optional[bool] = None
     overlong_buffer_len: int = 128
@@ -157,15 +178,17 @@ class AlgorithmConfig:
     def is_dapo(self) -> bool:
         return self.name in ("dapo", "mcpo_dapo")
 
-    def resolved(self) -> "AlgorithmConfig":
-        """A copy with every None replaced by the named algorithm's default."""
+    def __post_init__(self) -> None:
+        """Every None replaced by the named algorithm's default, once, when the config is built."""
         dapo = self.is_dapo
-        return dataclasses.replace(
-            self,
-            clip_ratio_high=self.clip_ratio_high if self.clip_ratio_high is not None else (0.28 if dapo else 0.2),
-            dynamic_sampling=self.dynamic_sampling if self.dynamic_sampling is not None else dapo,
-            overlong_buffer_enable=(self.overlong_buffer_enable if self.overlong_buffer_enable is not None else dapo),
-        )
+        if self.clip_ratio_high is None:
+            self.clip_ratio_high = 0.28 if dapo else 0.2
+        if self.dynamic_sampling is None:
+            self.dynamic_sampling = dapo
+        if self.overlong_buffer_enable is None:
+            self.overlong_buffer_enable = dapo
+        if self.dynamic_sampling and self.gen_batch_prompts is None:
+            self.gen_batch_prompts = self.train_batch_prompts
 
 
 @dataclass
@@ -219,6 +242,13 @@ class EvalConfig:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     max_response_length: Optional[int] = None  # default: rollout.max_response_length
+    stop: Optional[list[str]] = None  # default: rollout.stop
+
+    @property
+    def sampling(self) -> SamplingSpec:
+        """How held-out answers are sampled."""
+        return SamplingSpec(n=self.n, temperature=self.temperature, top_p=self.top_p,
+                            max_tokens=self.max_response_length, stop=list(self.stop))
 
 
 @dataclass
@@ -299,6 +329,15 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        # Defaults that come from another section, resolved once when the config is built.
+        if self.algorithm.loss_agg_norm_length is None:
+            self.algorithm.loss_agg_norm_length = self.rollout.max_response_length
+        if self.eval.max_response_length is None:
+            self.eval.max_response_length = self.rollout.max_response_length
+        if self.eval.stop is None:
+            self.eval.stop = list(self.rollout.stop)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -535,7 +574,7 @@ def validate(
 
     a = cfg.algorithm
     _require(a.clip_ratio_low >= 0, f"algorithm.clip_ratio_low: must be >= 0, got {a.clip_ratio_low}")
-    _require(a.clip_ratio_high is None or a.clip_ratio_high >= 0, "algorithm.clip_ratio_high: must be >= 0")
+    _require(a.clip_ratio_high >= 0, f"algorithm.clip_ratio_high: must be >= 0, got {a.clip_ratio_high}")
     _require(a.clip_ratio_c > 1, f"algorithm.clip_ratio_c: must be > 1, got {a.clip_ratio_c}")
     _require(a.train_batch_prompts >= 1, f"algorithm.train_batch_prompts: must be >= 1, got {a.train_batch_prompts}")
     _require(a.mini_batch_prompts >= 1, "algorithm.mini_batch_prompts: must be >= 1")
@@ -548,7 +587,7 @@ def validate(
     _require(a.overlong_buffer_len >= 1, "algorithm.overlong_buffer_len: must be >= 1")
     _require(a.max_num_gen_batches >= 1, f"algorithm.max_num_gen_batches: must be >= 1, got {a.max_num_gen_batches}")
     if a.gen_batch_prompts is not None:
-        _require(a.resolved().dynamic_sampling,
+        _require(a.dynamic_sampling,
                  "algorithm.gen_batch_prompts: only used with dynamic sampling (otherwise every round is train_batch_prompts)")
         _require(a.gen_batch_prompts >= 1, f"algorithm.gen_batch_prompts: must be >= 1, got {a.gen_batch_prompts}")
     rc = a.rollout_correction
@@ -560,7 +599,7 @@ def validate(
     _require(rc.token_mask_low is None or 0 <= rc.token_mask_low < 1 < rc.token_mask_high,
              "algorithm.rollout_correction.token_mask_low: need 0 <= token_mask_low < 1 < token_mask_high")
     _require(
-        not a.resolved().overlong_buffer_enable or a.overlong_buffer_len <= cfg.rollout.max_response_length,
+        not a.overlong_buffer_enable or a.overlong_buffer_len <= cfg.rollout.max_response_length,
         f"algorithm.overlong_buffer_len: {a.overlong_buffer_len} exceeds rollout.max_response_length",
     )
     if world_size is not None:
@@ -613,7 +652,7 @@ def validate(
     _require(0 < e.top_p <= 1, "eval.top_p: must be in (0, 1]")
     _require(e.prompts_per_domain >= 1, "eval.prompts_per_domain: must be >= 1")
     _require(cfg.data.synthetic_per_domain >= 1, "data.synthetic_per_domain: must be >= 1")
-    _require(e.max_response_length is None or 1 <= e.max_response_length <= r.max_response_length,
+    _require(1 <= e.max_response_length <= r.max_response_length,
              "eval.max_response_length: must be in [1, rollout.max_response_length] (the engine's context is sized by it)")
     o = cfg.optimizer
     _require(o.lr >= 0 and o.min_lr >= 0, "optimizer.lr: must be >= 0")

@@ -72,7 +72,7 @@ def held_out_embeddings(trainer) -> tuple[np.ndarray, list[str], np.ndarray]:
     from megatron_mcpo.training.train_step import concat_outputs, forward_outputs, split_microbatches
 
     cfg, g = trainer.cfg, trainer.groups
-    records = trainer._load_records(cfg.eval.files, cfg.data.seed + 1, cfg.eval.prompts_per_domain, "heldout")
+    records = trainer.load_prompts(cfg.eval.files, cfg.data.seed + 1, cfg.eval.prompts_per_domain, "heldout")
     mine = list(enumerate(records))[g.dp_rank :: g.dp_size]
     rollouts, _ = trainer._replica_rollouts(mine, 0)
     batch = trainer.make_train_batch(rollouts)

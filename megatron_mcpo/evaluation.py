@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import torch.distributed as dist
-
-from megatron_mcpo.data.dataset import score_item
-from megatron_mcpo.rollout.engine import SamplingSpec
+from megatron_mcpo.config import SamplingSpec
+from megatron_mcpo.rollout.collect import gather_lists, generate_and_score, length_metrics
 
 
 def pass_at_n(results: Sequence[dict], n: int, prefix: str = "eval") -> dict:
@@ -30,29 +28,24 @@ def pass_at_n(results: Sequence[dict], n: int, prefix: str = "eval") -> dict:
 
 
 def evaluate(engine, scorer, records: list[dict], sampling: SamplingSpec, dp_group, dp_rank: int, dp_size: int,
-             prefix: str = "eval") -> dict:
-    """Generate `sampling.n` answers per record on this replica's engine (None on ranks without one), score
-    them, gather over `dp_group`; returns {prefix}/{domain|all}/{count,score,acc,format_error_rate}, pass@n
-    when n > 1, and the mean response length / truncation rate."""
+             seed: Optional[int] = None, prefix: str = "eval") -> dict:
+    """Generate `sampling.n` answers per record on this replica's engine (None on ranks without one; seeded
+    with `seed`), score them, gather over `dp_group`; returns {prefix}/{domain|all}/{count,score,acc,
+    format_error_rate}, pass@n when n > 1, and the mean response length / truncation rate."""
     from megatron_mcpo.rewards import reward_metrics
 
     local: list[dict] = []
     mine = records[dp_rank::dp_size]
     if engine is not None and mine:
-        groups = engine.generate([rec["prompt"] for rec in mine], sampling)
-        samples = [(rec, s) for rec, group in zip(mine, groups) for s in group]
-        for res, (_, s) in zip(scorer.score_batch([score_item(rec, s.text) for rec, s in samples]), samples):
-            local.append({"domain": res["domain"], "score": float(res["score"]), "acc": float(res["acc"]),
-                          "format_error": float(res["format_error"]), "length": len(s.token_ids),
-                          "truncated": s.finish_reason == "length"})
-    gathered: list[Optional[list]] = [None] * dp_size
-    dist.all_gather_object(gathered, local, group=dp_group)
-    results = [r for part in gathered for r in part]
+        for group in generate_and_score(engine, scorer, mine, sampling, seed):
+            local += [{"domain": a.result["domain"], "score": float(a.result["score"]), "acc": float(a.result["acc"]),
+                       "format_error": float(a.result["format_error"]), "length": len(a.sample.token_ids),
+                       "truncated": a.sample.finish_reason == "length"} for a in group]
+    results = gather_lists(local, dp_group, dp_size)
     if not results:
         return {}
     metrics = reward_metrics(results, prefix=prefix)
     if sampling.n > 1:
         metrics.update(pass_at_n(results, sampling.n, prefix))
-    metrics[f"{prefix}/response_length_mean"] = sum(r["length"] for r in results) / len(results)
-    metrics[f"{prefix}/clip_ratio"] = sum(r["truncated"] for r in results) / len(results)
+    metrics.update(length_metrics([r["length"] for r in results], [r["truncated"] for r in results], prefix))
     return metrics

@@ -29,7 +29,8 @@ def check_inputs(cfg: Config, hf_config: dict, on_gpu: bool) -> list[str]:
 
 
 def check_data_files(field: str, files: list[str], domains: list[str]) -> list[str]:
-    from megatron_mcpo.data.dataset import DataError, load_jsonl, plain_prompt_warning, record_domain
+    from megatron_mcpo.data.dataset import DataError, plain_prompt_warning, record_domain
+    from megatron_mcpo.data.formats import load_records
 
     warnings, found = [], []
     for i, path in enumerate(files):
@@ -40,10 +41,10 @@ def check_data_files(field: str, files: list[str], domains: list[str]) -> list[s
             raise ConfigError(f"{where}: '{path}' is a directory, not a data file")
         if os.path.getsize(path) == 0:
             raise ConfigError(f"{where}: '{path}' is empty")
-        if not path.endswith((".jsonl", ".json")):
-            continue  # other formats are checked by their own loaders
+        if not path.endswith(".jsonl"):
+            continue  # parquet is checked by its loader (pyarrow is not needed to validate)
         try:
-            records = load_jsonl(path)
+            records = load_records(path)  # parsed once per process: the run's build reuses them
         except DataError as e:
             raise ConfigError(f"{where}: {e}") from None
         found += [record_domain(r) for r in records]

@@ -4,7 +4,7 @@
 `Trainer.rl_step` is the table of contents of the system. One SPMD program: every rank holds its
 Megatron shard; rollout engines sit where rollout/placement.py puts them (colocated: a worker in every
 rank; dedicated: one per data-parallel replica, driven by its first rank), and each replica's engines
-share their rollouts with the rest of its model-parallel group.
+share their rollouts with the rest of its model-parallel group. build.py assembles the Trainer's parts.
 """
 from __future__ import annotations
 
@@ -12,28 +12,28 @@ import os
 import shutil
 import sys
 import time
-from collections import Counter
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 
 from megatron_mcpo.algorithms.dapo import overlong_penalty
-from megatron_mcpo.algorithms.rollout_correction import correction_kwargs, reduce_correction_metrics, rollout_correction
-from megatron_mcpo.config import Config, read_hf_config, validate
+from megatron_mcpo.algorithms.rollout_correction import reduce_correction_metrics, rollout_correction
+from megatron_mcpo.config import Config
 from megatron_mcpo.data.batch import Rollout, build_train_batch
-from megatron_mcpo.data.dataset import PromptSampler, plain_prompt_warning, record_domain, score_item
-from megatron_mcpo.data.formats import load_records
-from megatron_mcpo.data.synthetic import synthetic_suite
-from megatron_mcpo.distributed import broadcast_object, init_distributed
+from megatron_mcpo.data.dataset import PromptSampler, record_domain
+from megatron_mcpo.data.run_prompts import PromptFitter, read_prompts
+from megatron_mcpo.distributed import ParallelGroups
 from megatron_mcpo.metrics_log import MetricsLogger
-from megatron_mcpo.models.projection import build_projector
 from megatron_mcpo.progress import phase
+from megatron_mcpo.rollout.collect import EVAL_SEED_OFFSET, gather_lists, generate_and_score, length_metrics, sampling_seed
 from megatron_mcpo.training.checkpoint import load_checkpoint, save_checkpoint
 from megatron_mcpo.training.ckpt_files import LATEST, check_run_info, model_identity, resume_source
 from megatron_mcpo.training.dynamic_sampling import dynamic_sampling_rounds
 from megatron_mcpo.training.interrupt import StopRequest, TrainingInterrupted
+from megatron_mcpo.training.losses import correction_knobs
+from megatron_mcpo.training.mcpo_term import ContrastiveTerm
 from megatron_mcpo.training.minibatch import global_counts, train_minibatch
-from megatron_mcpo.training.optimizer import setup_train_state
 from megatron_mcpo.training.train_step import concat_outputs, forward_outputs, split_microbatches
 
 PROMPT_UID_STRIDE = 1_000_000  # prompt ids = generation batch * stride + global prompt index: unique everywhere
@@ -48,46 +48,24 @@ def _prompt_text(prompt) -> str:
 
 
 class Trainer:
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        validate(cfg, world_size=world)  # before any process group exists; resolves run.device once
-        p = cfg.parallel
-        self.groups = init_distributed(p.tp, p.pp, p.vpp, p.cp, cfg.run.device, cfg.run.seed)
-        g = self.groups
-        self.metrics_log = MetricsLogger(cfg, rank0=g.world_rank == 0)  # a missing backend package fails here
-        self.hf_dir = self._resolve_hf_dir(cfg.model.hf_path)
-        self.hf_config = read_hf_config(self.hf_dir)
-        self.state = setup_train_state(cfg, self.hf_config, g)
-        self._load_initial_weights(self.state.policy.chunks)
-        self.reference = None
-        if cfg.algorithm.kl_coef > 0:
-            from megatron_mcpo.training.reference import ReferencePolicy
+    """The RL loop over components assembled by `build.build_trainer` (nothing here builds or validates)."""
 
-            self.reference = ReferencePolicy(cfg, self.hf_config, g, self._load_initial_weights)
-        self.projector = None
-        if cfg.algorithm.is_mcpo and g.is_last_stage:
-            self.projector = build_projector(cfg.mcpo, self.hf_config["hidden_size"], cfg.run.seed, g.device)
-        self.placement = self._plan_placement()
-        with phase("rollout engine start"):
-            self.engine = self._make_engine() if self.placement.engine_id is not None else None
-        self.scorer = self._make_scorer() if self.engine is not None else None  # evaluation scores on every engine
-        self.memory = None
-        if self.placement.colocated:
-            from megatron_mcpo.rollout.memory import ColocatedMemory
-
-            r = cfg.rollout
-            self.memory = ColocatedMemory(self.engine, self.state, r.sleep_level, r.offload_grad_buffers,
-                                          r.offload_optimizer_states, g.device)
-        d = cfg.data
-        weights = dict(zip(d.domains, d.domain_weights)) if d.domain_weights else None
-        self.sampler = PromptSampler(self._load_records(d.train_files, d.seed, d.synthetic_per_domain, "train"), d.seed, d.shuffle, weights)
+    def __init__(self, cfg: Config, *, groups: ParallelGroups, metrics_log: MetricsLogger, hf_dir: str, hf_config: dict,
+                 state, reference, projector, term: ContrastiveTerm, policy_loss: Callable, placement, engine, scorer,
+                 memory, sampler: PromptSampler, fit_prompts: PromptFitter):
+        """`reference` (KL term), `projector` (MCPO, last stage), `engine` and `scorer` (ranks hosting an
+        engine) and `memory` (colocated engines) are None where absent; `fit_prompts` fits read prompt
+        records to the engine (evaluation's, loaded at the first evaluation)."""
+        self.cfg, self.groups, self.metrics_log = cfg, groups, metrics_log
+        self.hf_dir, self.hf_config = hf_dir, hf_config
+        self.state, self.reference, self.projector, self.term, self.policy_loss = state, reference, projector, term, policy_loss
+        self.placement, self.engine, self.scorer, self.memory = placement, engine, scorer, memory
+        self.sampler, self.fit_prompts = sampler, fit_prompts
         self._eval_records = None  # loaded at the first evaluation
         self.gen_batches = 0
         self.rl_steps = 0
         self._saved_step, self._saved_path = None, None  # the last checkpoint written or loaded
         self._samples: list[dict] = []  # a few of the last step's (prompt, response, score), for the log
-        self._maybe_resume()
 
     # ------------------------------------------------------------------ the step
     def rl_step(self) -> dict:
@@ -117,7 +95,8 @@ class Trainer:
             for i, start in enumerate(range(0, n_local - mini_seqs + 1, mini_seqs)):
                 mini = {k: v[start : start + mini_seqs] for k, v in batch.items()}
                 first = epoch == 0 and i == 0  # θ still equals the rollout policy
-                m = train_minibatch(self.state, self.projector, mini, cfg, reuse_old_pooled=first)
+                m = train_minibatch(self.state, self.term, self.policy_loss, mini, cfg.parallel.micro_batch_size,
+                                    reuse_old_pooled=first)
                 for k, v in m.items():
                     metrics.setdefault(k, []).append(v)
         t["time/train"] = time.perf_counter() - tic
@@ -140,14 +119,14 @@ class Trainer:
         gen_batch_prompts prompts are generated until train_batch_prompts mixed-outcome groups are kept,
         counted over all replicas (verl's recipe), and the kept groups are then shared out evenly."""
         cfg, g = self.cfg, self.groups
-        a = cfg.algorithm.resolved()
+        a = cfg.algorithm
         metrics = {}
         if not a.dynamic_sampling:
             kept, all_results = self._generate_round(a.train_batch_prompts)
             groups_kept = a.train_batch_prompts
         else:
             ds = dynamic_sampling_rounds(
-                lambda: self._generate_round(a.gen_batch_prompts or a.train_batch_prompts),
+                lambda: self._generate_round(a.gen_batch_prompts),
                 lambda rollouts: self._filter_values(rollouts, a),
                 n=cfg.rollout.n, train_batch_prompts=a.train_batch_prompts, mini_batch_prompts=a.mini_batch_prompts,
                 max_rounds=a.max_num_gen_batches, metric=a.dynamic_sampling_metric,
@@ -160,13 +139,9 @@ class Trainer:
             metrics.update({"rollout/gen_rounds": float(ds.rounds), "rollout/dynamic_sampling_exhausted": float(ds.exhausted)})
         from megatron_mcpo.rewards import reward_metrics
 
-        gathered = [None] * g.dp_size
-        dist.all_gather_object(gathered, all_results, group=g.dp)
-        metrics.update(reward_metrics([r for part in gathered for r in part]))
+        metrics.update(reward_metrics(gather_lists(all_results, g.dp, g.dp_size)))
         metrics.update({"rollout/groups_kept": float(groups_kept), "rollout/gen_batches": float(self.gen_batches)})
-        lengths = [len(r.response_ids) for r in kept] or [0]
-        metrics["rollout/response_length_mean"] = sum(lengths) / len(lengths)
-        metrics["rollout/clip_ratio"] = sum(r.finish_reason == "length" for r in kept) / max(len(kept), 1)
+        metrics.update(length_metrics([len(r.response_ids) for r in kept], [r.finish_reason == "length" for r in kept], "rollout"))
         return kept, metrics
 
     def _generate_round(self, prompts: int) -> tuple[list[Rollout], list]:
@@ -207,35 +182,26 @@ class Trainer:
                 merge_engine_shares({k: p[1] for k, p in shares.items()}, len(records), K, n))
 
     def _rollouts_on_engine(self, records, uid_base, score: bool = True):
-        from megatron_mcpo.rollout.engine import SamplingSpec
-
-        cfg = self.cfg
         # Reproducible per (run seed, replica, generation batch, prompt, sample): a resumed run repeats.
-        self.engine.set_sampling_seed(cfg.rollout.seed * 1_000_003 + self.groups.dp_rank * 7919 + uid_base)
-        samples = self.engine.generate([rec["prompt"] for _, rec in records], SamplingSpec.from_rollout_config(cfg.rollout))
-        rollouts, items = [], []
-        for (index, rec), group in zip(records, samples):
-            domain = record_domain(rec)
-            for s in group:
-                rollouts.append(Rollout(uid_base + index, domain, s.prompt_ids, s.token_ids, s.logprobs, s.finish_reason))
-                items.append(score_item(rec, s.text))
+        seed = sampling_seed(self.cfg.rollout.seed, self.groups.dp_rank, uid_base)
+        groups = generate_and_score(self.engine, self.scorer if score else None, [rec for _, rec in records],
+                                    self.cfg.rollout.sampling, seed, errors="zero")
+        rollouts = [Rollout(uid_base + index, record_domain(rec), a.sample.prompt_ids, a.sample.token_ids,
+                            a.sample.logprobs, a.sample.finish_reason)
+                    for (index, rec), group in zip(records, groups) for a in group]
         if not score:
             return rollouts, None
-        results = self.scorer.score_batch(items, errors="zero")
+        results = [a.result for group in groups for a in group]
         self._note_scorer_errors(results)
-        self._samples = [{"prompt": _prompt_text(rec["prompt"]), "response": group[0].text,
-                          "score": float(results[k * cfg.rollout.n]["score"])}
-                         for k, ((_, rec), group) in enumerate(zip(records[:SAMPLES_LOGGED], samples))]
+        self._samples = [{"prompt": _prompt_text(group[0].record["prompt"]), "response": group[0].sample.text,
+                          "score": float(group[0].result["score"])} for group in groups[:SAMPLES_LOGGED]]
         for r, res in zip(rollouts, results):
             r.score, r.acc = float(res["score"]), float(bool(res["acc"]))
         return rollouts, results
 
-    def _share_with_model_parallel_group(self, obj):
-        return broadcast_object(obj, self.groups.mp, src=0)
-
     def make_train_batch(self, rollouts: list[Rollout]) -> dict:
         cfg = self.cfg
-        a = cfg.algorithm.resolved()
+        a = cfg.algorithm
         overlong = (cfg.rollout.max_response_length, a.overlong_buffer_len, a.overlong_penalty_factor)
         return build_train_batch(
             rollouts, adv_estimator=a.adv_estimator, adv_eps=a.adv_eps,
@@ -257,28 +223,24 @@ class Trainer:
         rc = self.cfg.algorithm.rollout_correction
         tokens, seqs = global_counts(batch, self.groups.dp)
         weights, corr = rollout_correction(out.logprobs, batch["sample_logprobs"], m, global_num_tokens=tokens,
-                                           global_num_seqs=seqs, **correction_kwargs(rc))
+                                           global_num_seqs=seqs, **correction_knobs(rc))
         metrics.update(reduce_correction_metrics(corr, self.groups.dp))
         result = {"old_logprobs": out.logprobs, "pooled_old": out.pooled}
-        if any(v is not None for v in correction_kwargs(rc).values()):
+        if any(v is not None for v in correction_knobs(rc).values()):
             result["is_weights"] = weights
         return result, metrics
 
     def evaluate(self) -> dict:
         """Held-out metrics of the current policy (evaluation.py); collective over all ranks."""
         from megatron_mcpo.evaluation import evaluate
-        from megatron_mcpo.rollout.engine import SamplingSpec
 
         cfg, g, e = self.cfg, self.groups, self.cfg.eval
         if self._eval_records is None:
-            self._eval_records = self._load_records(e.files, cfg.data.seed + 1, e.prompts_per_domain, "heldout")
-        sampling = SamplingSpec(n=e.n, temperature=e.temperature, top_p=e.top_p, stop=list(cfg.rollout.stop),
-                                max_tokens=e.max_response_length or cfg.rollout.max_response_length)
-        if self.engine is not None:  # the same answers for the same weights, whenever evaluated
-            self.engine.set_sampling_seed(cfg.rollout.seed * 1_000_003 + g.dp_rank * 7919 + 999_999_937)
+            self._eval_records = self.load_prompts(e.files, cfg.data.seed + 1, e.prompts_per_domain, "heldout")
+        seed = sampling_seed(cfg.rollout.seed, g.dp_rank, EVAL_SEED_OFFSET)  # same weights, same answers
         tic = time.perf_counter()
         with phase("evaluation"):
-            metrics = evaluate(self.engine, self.scorer, self._eval_records, sampling, g.dp, g.dp_rank, g.dp_size)
+            metrics = evaluate(self.engine, self.scorer, self._eval_records, e.sampling, g.dp, g.dp_rank, g.dp_size, seed)
         metrics["time/eval"] = time.perf_counter() - tic
         return metrics
 
@@ -288,78 +250,18 @@ class Trainer:
         stats = refit(self.state.policy.chunks, self.hf_config, self.groups, self.engine, self.cfg.rollout.refit_bucket_mb)
         return {"refit/seconds": stats.seconds, "refit/gb_per_s": stats.gb_per_s}
 
-    # ------------------------------------------------------------------ set-up
-    def _resolve_hf_dir(self, hf_path: str) -> str:
-        if not hf_path.startswith("tiny:"):
-            return hf_path
-        from megatron_mcpo.models.tiny import tiny_checkpoint_dir
-
-        root = os.path.join(self.cfg.run.output_dir, "tiny_models")
-        if dist.get_rank() == 0:
-            tiny_checkpoint_dir(hf_path.split(":", 1)[1], root=root, seed=self.cfg.run.seed)
-        dist.barrier()
-        return tiny_checkpoint_dir(hf_path.split(":", 1)[1], root=root, seed=self.cfg.run.seed)
-
-    def _load_initial_weights(self, chunks: list) -> None:
-        """The run's starting weights (also the KL reference's): model.megatron_checkpoint, else the HF ones."""
-        if self.cfg.model.megatron_checkpoint:
-            from megatron_mcpo.training.checkpoint import load_model_weights
-
-            load_model_weights(chunks, self.cfg.model.megatron_checkpoint)
-        else:
-            from megatron_mcpo.weights.loader import load_hf_weights
-
-            load_hf_weights(chunks, self.hf_dir, self.groups)
-
-    def _plan_placement(self):
-        from megatron_mcpo.rollout.placement import plan_placement
-
-        p, r, g = self.cfg.parallel, self.cfg.rollout, self.groups
-        plan = plan_placement(g.world_size, p.tp, p.pp, p.cp, r.tp, r.placement, g.device.type == "cuda",
-                              r.gpus_per_node, r.dedicated_gpus_per_node, r.engine)
-        return plan[g.world_rank]
-
-    def _make_engine(self):
-        from megatron_mcpo.rollout.factory import make_engine
-
-        # log-probs of the sampling distribution softmax(logits / T) (renormalised over the top-k/top-p
-        # nucleus when those cut the vocabulary), like Megatron's tempered ones
-        return make_engine(self.cfg, self.hf_dir, self.placement, logprobs_mode="processed_logprobs")
-
-    def _make_scorer(self):
-        from megatron_mcpo.rewards import RewardScorer, SandboxLimits
-
-        r = self.cfg.rewards
-        limits = SandboxLimits(cpu_time_s=r.code_cpu_time_s, wall_time_s=r.code_wall_time_s, memory_mb=r.code_memory_mb)
-        return RewardScorer(num_workers=r.num_workers, sandbox_limits=limits, math_timeout_s=r.math_timeout_s)
-
-    def _load_records(self, files: list[str], synthetic_seed: int, synthetic_per_domain: int, split: str) -> list[dict]:
+    # ------------------------------------------------------------------ data, checkpoints
+    def load_prompts(self, files: list[str], synthetic_seed: int, synthetic_per_domain: int, split: str) -> list[dict]:
         """Records of `files` (.jsonl/.parquet; else the synthetic suite's `split`) in data.domains whose prompt fits."""
-        d = self.cfg.data
-        records = [rec for f in files for rec in load_records(f)] if files else synthetic_suite(synthetic_per_domain, d.domains, synthetic_seed, split)
-        warning = plain_prompt_warning(records, files) if files else None
-        if warning and self.groups.world_rank == 0:
-            print(f"warning: {warning}", flush=True)
-        records = [rec for rec in records if record_domain(rec) in d.domains]
-        if self.engine is not None:  # prompts that cannot fit are dropped up front (and said so), never mid-run
-            limit = self.cfg.rollout.max_prompt_length
-            fits = [len(self.engine.prompt_ids(rec["prompt"])) <= limit for rec in records]
-            dropped = Counter(record_domain(rec) for rec, ok in zip(records, fits) if not ok)
-            records = [rec for rec, ok in zip(records, fits) if ok]
-            if dropped and self.groups.world_rank == 0:
-                print(f"data: dropped {dropped.total()} of {len(fits)} prompts longer than "
-                      f"rollout.max_prompt_length={limit} tokens: {dict(dropped)}", flush=True)
-        records = self._share_with_model_parallel_group(records)
-        if not records:  # on every rank, after the broadcast, so none is left waiting
-            raise ValueError(f"data: no prompt of {files or 'the synthetic suite'} fits rollout.max_prompt_length="
-                             f"{self.cfg.rollout.max_prompt_length} in data.domains={d.domains}")
-        return records
+        records = read_prompts(files, self.cfg.data.domains, synthetic_seed, synthetic_per_domain, split,
+                               self.groups.world_rank == 0)
+        return self.fit_prompts(records, files)
 
     def _projector_sizes(self):
         m = self.cfg.mcpo
         return {"proj_dim": m.proj_dim, "proj_hidden_dim": m.proj_hidden_dim} if self.cfg.algorithm.is_mcpo else None
 
-    def _maybe_resume(self) -> None:
+    def resume(self) -> None:
         """Continue from checkpoint.load_dir or save_dir per checkpoint.resume (ckpt_files.resume_source)."""
         c = self.cfg.checkpoint
         path = resume_source(c)

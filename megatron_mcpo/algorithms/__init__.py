@@ -8,7 +8,9 @@ Algorithm names (`algorithm.name`) and what each one switches on:
   (`dapo.dynamic_sampling_filter`, drop groups whose accuracy is all 0 or all 1), token-mean, and overlong
   reward shaping (`dapo.overlong_penalty`).
 * ``mcpo_grpo`` / ``mcpo_dapo``: the above plus λ·L_CL, the MCPO multi-domain contrastive loss
-  (`mcpo.mcpo_contrastive_loss`, docs/mcpo.md §3–§7) on one pool per PPO mini-batch.
+  (`mcpo.mcpo_loss`, docs/mcpo.md §3–§7) on one pool per PPO mini-batch.
+The math takes plain arguments; the run's options are bound once at set-up (training/losses.py,
+training/mcpo_term.py).
 
 Two meanings of "DAPO". The MCPO paper's own DAPO baseline (Appendix A.1.1) keeps the GRPO pipeline and
 only switches verl's reward manager to `dapo`, i.e. adds the overlong penalty: here that is ``grpo`` with
@@ -30,12 +32,10 @@ from megatron_mcpo.algorithms.dapo import (
 from megatron_mcpo.algorithms.mcpo import (
     PoolNormalizers,
     mcpo_anchor_subset_loss,
-    mcpo_contrastive_loss,
-    mcpo_kernel_kwargs,
     mcpo_loss,
     mcpo_pool_normalizers,
 )
-from megatron_mcpo.algorithms.policy_loss import aggregate, kl_penalty, policy_loss_kwargs, ppo_policy_loss
+from megatron_mcpo.algorithms.policy_loss import aggregate, kl_penalty, ppo_policy_loss
 from megatron_mcpo.algorithms.rollout_correction import reduce_correction_metrics, rollout_correction
 
 __all__ = [
@@ -46,12 +46,9 @@ __all__ = [
     "group_advantages",
     "kl_penalty",
     "mcpo_anchor_subset_loss",
-    "mcpo_contrastive_loss",
-    "mcpo_kernel_kwargs",
     "mcpo_loss",
     "mcpo_pool_normalizers",
     "overlong_penalty",
-    "policy_loss_kwargs",
     "ppo_policy_loss",
     "reduce_correction_metrics",
     "replica_share",

@@ -21,15 +21,12 @@ keeps its graph (an anchor-free pool gives 0 with zero gradient).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 
 from megatron_mcpo.algorithms._checks import check_choice, check_vector
-
-if TYPE_CHECKING:
-    from megatron_mcpo.config import MCPOConfig
 
 DENOMINATORS = ("pos_neg", "all", "per_pos")
 NORMS = ("global_mass", "per_anchor")
@@ -165,30 +162,6 @@ def mcpo_anchor_subset_loss(
     loss_in = _reduce(terms.num_in, terms.sets.mass_in, normalizers.in_domain, norm)
     loss = cross_coef * loss_cross + in_coef * loss_in
     return loss, {"loss_cross": loss_cross.detach(), "loss_in": loss_in.detach()}
-
-
-def mcpo_kernel_kwargs(cfg: "MCPOConfig") -> dict:
-    """The `mcpo_loss` / `mcpo_anchor_subset_loss` keyword arguments an MCPOConfig selects."""
-    return dict(
-        temperature=cfg.temperature,
-        cross_coef=cfg.cross_coef,
-        in_coef=cfg.in_coef,
-        positive_threshold=cfg.positive_threshold,
-        denominator=cfg.denominator,
-        norm=cfg.norm,
-        weight_mode=cfg.weight_mode,
-        neg_scope=cfg.neg_scope,
-    )
-
-
-def mcpo_contrastive_loss(
-    u: torch.Tensor, rewards: torch.Tensor, group_ids: torch.Tensor, domain_ids: torch.Tensor, cfg: "MCPOConfig"
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """(L_CL, metrics) for the pool with the options of `cfg`. L_CL = α·L_cross + γ·L_in is before
-    λ = cfg.cl_coef; the metrics add `loss_total_cl` = λ·L_CL. See `mcpo_loss` for shapes and options."""
-    loss, metrics = mcpo_loss(u, rewards, group_ids, domain_ids, **mcpo_kernel_kwargs(cfg))
-    metrics["loss_total_cl"] = cfg.cl_coef * metrics["loss_cl"]
-    return loss, metrics
 
 
 # ------------------------------------------------------------------------------------------------------

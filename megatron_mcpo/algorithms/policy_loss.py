@@ -7,14 +7,11 @@ however it was split.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import torch
 
 from megatron_mcpo.algorithms._checks import check_choice, check_dtype
-
-if TYPE_CHECKING:
-    from megatron_mcpo.config import AlgorithmConfig
 
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 KL_LOG_RATIO_CLAMP = 20.0  # verl's `kl_penalty` clamps log π_ref − log π_θ to ±20 before exp
@@ -157,24 +154,6 @@ def ppo_policy_loss(
         loss = loss + kl_coef * kl_loss
         metrics["kl_loss"] = kl_loss.detach()
     return loss, metrics
-
-
-def policy_loss_kwargs(cfg: "AlgorithmConfig", max_response_length: int) -> dict:
-    """The `ppo_policy_loss` keyword arguments an AlgorithmConfig selects (its algorithm defaults resolved).
-
-    L_const of seq-mean-token-sum-norm defaults to the max response length (docs/mcpo.md §2.2)."""
-    c = cfg.resolved()
-    return dict(
-        clip_ratio_low=c.clip_ratio_low,
-        clip_ratio_high=c.clip_ratio_high,
-        clip_ratio_c=c.clip_ratio_c,
-        ratio_log_clamp=c.ratio_log_clamp,
-        loss_agg_mode=c.loss_agg_mode,
-        loss_agg_norm_length=c.loss_agg_norm_length if c.loss_agg_norm_length is not None else max_response_length,
-        entropy_coef=c.entropy_coef,
-        kl_coef=c.kl_coef,
-        kl_estimator=c.kl_estimator,
-    )
 
 
 def _positive(name: str, value: float) -> float:

@@ -19,13 +19,11 @@ in ICEPOP's objective (1/Σ|o_i| Σ_i Σ_t M(r_t)·ℓ_t).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 
-if TYPE_CHECKING:
-    from megatron_mcpo.config import RolloutCorrectionConfig
 
 LOG_RATIO_CLAMP = 20.0
 MAX_KEYS = ("rollout_corr/ratio_max",)  # reduced with MAX across ranks; every other metric is a partial sum
@@ -106,12 +104,6 @@ def rollout_correction(
         "rollout_corr/seq_masked_frac": ((~seq_keep) & has_tokens).sum().to(m.dtype) / global_num_seqs,
     }
     return w.to(old_logprobs.dtype), {k: v.detach() for k, v in metrics.items()}
-
-
-def correction_kwargs(cfg: "RolloutCorrectionConfig") -> dict:
-    """The `rollout_correction` knobs an algorithm.rollout_correction config selects."""
-    return dict(tis_cap=cfg.tis_cap, seq_mask_c=cfg.seq_mask_c, token_mask_low=cfg.token_mask_low,
-                token_mask_high=cfg.token_mask_high)
 
 
 def reduce_correction_metrics(metrics: dict[str, torch.Tensor], group) -> dict[str, float]:

@@ -16,8 +16,25 @@ from megatron_mcpo.data.dataset import REQUIRED, load_jsonl
 VERL_COLUMNS = ("data_source", "prompt", "ability", "reward_model", "extra_info")
 
 
+# (path, size, mtime) -> records: a process parses each data file once (validate's preflight, then the
+# run's build and its evaluations, share the result; callers never modify it).
+_PARSED: dict[tuple, list[dict]] = {}
+
+
 def load_records(path: str) -> list[dict]:
-    """The prompt records of one data file, chosen by its extension."""
+    """The prompt records of one data file, chosen by its extension (parsed once per process while the
+    file is unchanged; the list is shared: do not modify it)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return _parse(path)  # the loader names the problem
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _PARSED:
+        _PARSED[key] = _parse(path)
+    return _PARSED[key]
+
+
+def _parse(path: str) -> list[dict]:
     if path.endswith(".parquet"):
         return load_parquet(path)
     if path.endswith(".jsonl"):

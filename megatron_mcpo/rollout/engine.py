@@ -9,10 +9,12 @@ actually sampled from).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Optional, Protocol, Sequence, Union
 
 import torch
+
+from megatron_mcpo.config import SamplingSpec  # the engines' sampling argument (one type for rollout and eval)
 
 # A prompt: token ids, plain text, or chat messages ([{"role": ..., "content": ...}], templated by the
 # tokenizer's chat template with the generation prompt appended).
@@ -33,21 +35,6 @@ def prompt_token_ids(tokenizer, prompt: Prompt) -> list[int]:
     if not all(isinstance(t, int) for t in prompt):
         raise TypeError("rollout: a prompt is token ids, a string or a list of chat messages")
     return list(prompt)
-
-
-@dataclass
-class SamplingSpec:
-    n: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1
-    max_tokens: int = 64
-    stop: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_rollout_config(cls, cfg) -> "SamplingSpec":
-        return cls(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                   max_tokens=cfg.max_response_length, stop=list(cfg.stop))
 
 
 @dataclass

@@ -40,6 +40,8 @@ def _worker(rank, tp, pp, mbs, ckpt, save, overrides, warmup_probe=False, reuse_
     from megatron_mcpo.models.projection import ProjectionHead, ProjectionTrainer
     from megatron_mcpo.models.families import tiny_hf_config
     from megatron_mcpo.training.checkpoint import load_model_weights, model_sharded_state_dict
+    from megatron_mcpo.training.losses import policy_loss_from_config
+    from megatron_mcpo.training.mcpo_term import make_term
     from megatron_mcpo.training.minibatch import train_minibatch
     from megatron_mcpo.training.optimizer import setup_train_state
     from megatron_mcpo.training.train_step import concat_outputs, forward_outputs, split_microbatches
@@ -75,12 +77,13 @@ def _worker(rank, tp, pp, mbs, ckpt, save, overrides, warmup_probe=False, reuse_
     else:
         local["old_logprobs"] = torch.zeros(n, S)  # unused off the last stage
     result = {"last": groups.is_last_stage, "index": torch.arange(groups.dp_rank * n, (groups.dp_rank + 1) * n)}
-    metrics = train_minibatch(state, projector, local, cfg, reuse_old_pooled=reuse_old)
+    term, policy_loss = make_term(cfg, projector, groups), policy_loss_from_config(cfg)
+    metrics = train_minibatch(state, term, policy_loss, local, mbs, reuse_old_pooled=reuse_old)
     result["metrics"] = metrics
     if projector is not None and cfg.algorithm.is_mcpo:
         result["proj_grad"] = torch.cat([p.grad.flatten() for p in projector.head.parameters()])
     if warmup_probe:  # a second step, now past the one-step warmup
-        result["metrics2"] = train_minibatch(state, projector, local, cfg)
+        result["metrics2"] = train_minibatch(state, term, policy_loss, local, mbs)
     after = forward_outputs(state.policy, split_microbatches(local, mbs))
     if groups.is_last_stage:
         result["after"] = concat_outputs(after).logprobs

@@ -15,12 +15,12 @@ TOKENS = [[1, 17, 33, 260, 5, 99, 400, 12, 7, 81], [3, 3, 150, 8, 77, 290, 41, 6
 
 
 def _run(rank, out):
-    from megatron_mcpo.config import load_config
+    from megatron_mcpo.config import load_config, validate
     from megatron_mcpo.demo import sft_warm_start
     from megatron_mcpo.embeddings import embed_command
     from megatron_mcpo.models.policy import unwrap
     from megatron_mcpo.rollout.vllm_engine import VLLMEngine
-    from megatron_mcpo.trainer import Trainer
+    from megatron_mcpo.build import build_trainer
 
     cfg = load_config("examples/configs/tiny_cpu.yaml", [
         "rollout.n=4", "rollout.max_response_length=32", "algorithm.train_batch_prompts=5",
@@ -28,7 +28,7 @@ def _run(rank, out):
         "eval.prompts_per_domain=2", "run.total_steps=1", f"run.output_dir={out}", f"logging.log_dir={out}/logs",
         "logging.backends=[jsonl, tensorboard]", f"checkpoint.save_dir={out}/ckpt", "checkpoint.export_hf=true",
     ])
-    trainer = Trainer(cfg)
+    trainer = build_trainer(validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1"))))
     try:
         sft_warm_start(trainer, 40, batch_size=20)  # weights far from the initial ones: the export must carry them
         history = trainer.train()

@@ -21,15 +21,15 @@ OVERRIDES = [
 
 
 def _run(rank, out, total_steps, sft_steps, resume, extra=(), evals_after=0):
-    from megatron_mcpo.config import load_config
+    from megatron_mcpo.config import load_config, validate
     from megatron_mcpo.demo import sft_warm_start
-    from megatron_mcpo.trainer import Trainer
+    from megatron_mcpo.build import build_trainer
 
     cfg = load_config("examples/configs/tiny_cpu.yaml", OVERRIDES + [
         f"run.total_steps={total_steps}", f"run.output_dir={out}", f"logging.log_dir={out}/logs",
         f"checkpoint.save_dir={out}/ckpt", *([f"checkpoint.load_dir={out}/ckpt"] if resume else []), *extra,
     ])
-    trainer = Trainer(cfg)
+    trainer = build_trainer(validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1"))))
     try:
         start = (trainer.rl_steps, trainer.state.step, trainer.sampler.state_dict())
         if sft_steps:
@@ -79,15 +79,15 @@ def test_loop_checkpoint_resume_export(tmp_path):
 
 
 def _run_dp2(rank, out):
-    from megatron_mcpo.config import load_config
-    from megatron_mcpo.trainer import Trainer
+    from megatron_mcpo.config import load_config, validate
+    from megatron_mcpo.build import build_trainer
 
     cfg = load_config("examples/configs/tiny_cpu.yaml", OVERRIDES + [
         "algorithm.train_batch_prompts=10", "algorithm.mini_batch_prompts=10", "run.total_steps=1",
         f"run.output_dir={out}", f"logging.log_dir={out}/logs",
         "eval.before_train=true", "eval.every=0", "eval.n=2", "eval.temperature=1.0", "eval.prompts_per_domain=1",
         "algorithm.kl_coef=0.001"])
-    trainer = Trainer(cfg)
+    trainer = build_trainer(validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1"))))
     try:
         return trainer.train()
     finally:

@@ -1,6 +1,8 @@
 """The colocated path with the HF engine on one GPU (skipped without CUDA; unverified until run on a GPU
 machine): sleep/wake frees and re-takes the weights' memory, level 2 needs a refit, and the RL loop
 hands the GPU between engine and Megatron every step with no memory growth."""
+import os
+
 import pytest
 import torch
 
@@ -35,8 +37,8 @@ def test_hf_engine_sleep_wake_frees_memory(tiny_dirs):
 
 
 def _run(rank, out):
-    from megatron_mcpo.config import load_config
-    from megatron_mcpo.trainer import Trainer
+    from megatron_mcpo.config import load_config, validate
+    from megatron_mcpo.build import build_trainer
 
     cfg = load_config("examples/configs/tiny_cpu.yaml", [
         "run.device=cuda", "rollout.engine=hf", "rollout.placement=colocated", "rollout.sleep_level=1",
@@ -44,7 +46,7 @@ def _run(rank, out):
         "rollout.max_response_length=16", "algorithm.train_batch_prompts=4", "algorithm.mini_batch_prompts=4",
         "eval.before_train=false", "eval.every=0", "run.total_steps=3", f"run.output_dir={out}",
         f"logging.log_dir={out}/logs"])
-    trainer = Trainer(cfg)
+    trainer = build_trainer(validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1"))))
     try:
         return trainer.train()
     finally:

@@ -70,6 +70,8 @@ def trainer_pieces(rank, hf_dir, device="cpu", claim_cuda=True):
     from megatron_mcpo.data.batch import Rollout, build_train_batch
     from megatron_mcpo.distributed import init_distributed
     from megatron_mcpo.models.projection import build_projector
+    from megatron_mcpo.training.losses import policy_loss_from_config
+    from megatron_mcpo.training.mcpo_term import make_term
     from megatron_mcpo.training.minibatch import train_minibatch
     from megatron_mcpo.training.optimizer import setup_train_state
     from megatron_mcpo.training.reference import ReferencePolicy
@@ -99,7 +101,8 @@ def trainer_pieces(rank, hf_dir, device="cpu", claim_cuda=True):
     metrics = {}
     for mode in ("exact", "local_anchor"):
         cfg.mcpo.grad_mode = mode
-        metrics[mode] = train_minibatch(state, projector, batch, cfg, reuse_old_pooled=mode == "exact")
+        metrics[mode] = train_minibatch(state, make_term(cfg, projector, groups), policy_loss_from_config(cfg), batch,
+                                        cfg.parallel.micro_batch_size, reuse_old_pooled=mode == "exact")
     tensors = {"batch/" + k: v for k, v in batch.items()}
     for i, p in enumerate(state.policy.parameters()):
         tensors[f"param{i}"] = p

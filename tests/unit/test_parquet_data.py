@@ -98,3 +98,17 @@ def test_config_accepts_parquet_and_names_other_files():
     validate(load_config(None, ["data.train_files=[a.parquet, b.jsonl]", "eval.files=[c.parquet]"]), cuda_available=False, check_files=False)
     with pytest.raises(ConfigError, match=r"eval.files: 'c.csv' is neither .jsonl nor .parquet"):
         validate(load_config(None, ["eval.files=[c.csv]"]), cuda_available=False)
+
+
+def test_a_data_file_is_parsed_once_per_process(tmp_path):
+    """validate's preflight parses a JSONL file; the run's build then gets the same records without a
+    second parse, until the file changes."""
+    path = tmp_path / "train.jsonl"
+    row = {"data_source": "openai/gsm8k", "prompt": "2+3?", "reward_model": {"ground_truth": "5"}, "extra_info": {"domain": "math"}}
+    path.write_text(json.dumps(row) + "\n")
+    validate(load_config(None, [f"data.train_files=[{path}]"]), world_size=1, cuda_available=False)
+    first = load_records(str(path))
+    assert load_records(str(path)) is first and first[0]["reward_model"]["ground_truth"] == "5"
+    path.write_text(json.dumps(row) + "\n" + json.dumps({**row, "reward_model": {"ground_truth": "6"}}) + "\n")
+    changed = load_records(str(path))
+    assert changed is not first and [r["reward_model"]["ground_truth"] for r in changed] == ["5", "6"]

@@ -8,8 +8,7 @@ import math
 import pytest
 import torch
 
-from megatron_mcpo.algorithms.mcpo import mcpo_contrastive_loss, mcpo_loss
-from megatron_mcpo.config import MCPOConfig
+from megatron_mcpo.algorithms.mcpo import mcpo_loss
 
 TOL = 1e-6
 F64 = torch.float64
@@ -133,21 +132,6 @@ def test_example_b_metrics():
         "pos_ratio": 0.833333, "num_pos_per_prompt": 1.666667, "neg_lse": -5.974704,
         "pos_neg_margin": 6.524432, "loss_cross_attr": -1.482386, "loss_cross_sep": 2.980973,
     })
-
-
-def test_config_wrapper_reads_fields_and_applies_lambda_only_to_the_metric():
-    u, r, p, d = pool(U_A, R_A)
-    loss, m = mcpo_contrastive_loss(u, r, p, d, MCPOConfig())
-    assert loss.item() == pytest.approx(0.733783, abs=TOL)
-    assert m["loss_total_cl"] == pytest.approx(0.073378, abs=TOL)
-    loss, m = mcpo_contrastive_loss(u, r, p, d, MCPOConfig(denominator="all", norm="per_anchor", weight_mode="one"))
-    assert loss.item() == pytest.approx(1.433579, abs=TOL)
-    # α and γ are the config's cross_coef / in_coef: the "cross-domain only" ablation is in_coef = 0
-    loss, _ = mcpo_contrastive_loss(u, r, p, d, MCPOConfig(cross_coef=1.0, in_coef=0.0))
-    assert loss.item() == pytest.approx(0.724339, abs=TOL)
-    # the threshold is read too: at 0.6 rollout 3 (reward 0.5) stops being a positive
-    _, m = mcpo_contrastive_loss(u, r, p, d, MCPOConfig(positive_threshold=0.6))
-    assert m["num_correct"] == 3
 
 
 @pytest.mark.parametrize("denominator", ["pos_neg", "all", "per_pos"])

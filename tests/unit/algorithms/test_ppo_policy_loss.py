@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from megatron_mcpo.algorithms.policy_loss import aggregate, kl_penalty, policy_loss_kwargs, ppo_policy_loss
-from megatron_mcpo.config import AlgorithmConfig
+from megatron_mcpo.algorithms.policy_loss import aggregate, kl_penalty, ppo_policy_loss
 
 F64 = torch.float64
 CLIP = dict(clip_ratio_low=0.2, clip_ratio_high=0.28, clip_ratio_c=3.0)
@@ -187,13 +186,3 @@ def test_aggregate_and_bad_input():
         logp, old = inputs()
         ppo_policy_loss(logp, old[:, :3], ADV, MASK, **CLIP, loss_agg_mode="token-mean", global_num_tokens=7,
                         global_num_seqs=2)
-
-
-def test_kwargs_from_config_resolve_the_algorithm_defaults():
-    dapo = policy_loss_kwargs(AlgorithmConfig(name="dapo"), max_response_length=512)
-    assert dapo["clip_ratio_high"] == 0.28 and dapo["loss_agg_mode"] == "token-mean"
-    assert dapo["loss_agg_norm_length"] == 512
-    grpo = policy_loss_kwargs(AlgorithmConfig(name="grpo", loss_agg_norm_length=100), max_response_length=512)
-    assert grpo["clip_ratio_high"] == 0.2 and grpo["loss_agg_norm_length"] == 100
-    value, _ = loss(**dapo, entropy=torch.zeros(2, 4, dtype=F64))  # the kwargs plug straight in
-    assert value.item() == pytest.approx(3.92 / 7, abs=1e-12)
