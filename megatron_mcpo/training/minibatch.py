@@ -1,7 +1,7 @@
 """One PPO mini-batch = one optimizer step: the GRPO/DAPO policy loss plus λ·L_CL (MCPO).
 
 This rank's share of the mini-batch is a dict of tensors (leading dim n = its rollouts):
-  tokens [n, s], response_mask [n, s] bool, old_logprobs [n, s], advantages [n], rewards [n],
+  tokens [n, s], response_mask [n, s] bool, optional old_logprobs [n, s], advantages [n], rewards [n],
   prompt_ids [n], domain_ids [n]; optional ref_logprobs [n, s]; optional is_weights [n, s] (rollout
   mismatch correction, algorithms/rollout_correction.py); optional pooled_old [n, d] (the pooled states
   of the old-log-prob pass, on the last pipeline stage).
@@ -13,7 +13,7 @@ Gradient modes for the contrastive term (docs/mcpo.md §8; `mcpo.grad_mode`):
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -42,9 +42,14 @@ def global_counts(local: dict, group) -> tuple[float, float]:
 
 
 def train_minibatch(
-    state, projector: Optional[ProjectionTrainer], local: dict, cfg: Config, reuse_old_pooled: bool = False
+    state, projector: Optional[ProjectionTrainer], local: dict, cfg: Config, reuse_old_pooled: bool = False,
+    on_logprobs: Optional[Callable[[torch.Tensor, torch.Tensor], None]] = None,
 ) -> dict:
-    """Run one optimizer step on this rank's share of a PPO mini-batch; returns reduced metrics."""
+    """Run one optimizer step on this rank's share of a PPO mini-batch; returns reduced metrics.
+
+    Without `old_logprobs` in `local`, π_old is the policy being trained (the batch's only update, θ_old =
+    θ): the loss takes log π_old = log π detached (ratio 1, gradient A·∇log π; TRL's num_iterations=1).
+    `on_logprobs(logprobs [b, s], rows [b])` receives each micro-batch's detached log-probs."""
     g = state.policy.groups
     n = local["tokens"].shape[0]
     local = {**local, "row": torch.arange(n, device=local["tokens"].device)}
@@ -82,8 +87,11 @@ def train_minibatch(
         projector.zero_grad()
 
     def loss_fn(out, mb):
+        current = out.logprobs.detach()
+        if on_logprobs is not None:
+            on_logprobs(current, mb["row"])
         loss, metrics = ppo_policy_loss(
-            out.logprobs, mb["old_logprobs"], mb["advantages"], mb["response_mask"],
+            out.logprobs, mb.get("old_logprobs", current), mb["advantages"], mb["response_mask"],
             global_num_tokens=num_tokens, global_num_seqs=num_seqs, entropy=out.entropy,
             ref_logprobs=mb.get("ref_logprobs"), is_weights=mb.get("is_weights"), **pl_kwargs,
         )
