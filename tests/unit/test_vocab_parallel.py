@@ -150,11 +150,11 @@ def test_two_shards_on_gloo_match_full_vocab(valid, temperature):
                               temperature=temperature)
     logits, labels, w_lp, w_h, _ = _inputs(seed=1, v_padded=32, valid=valid)
     rlogp, rent, rgrad = _reference_grad(logits, labels, w_lp, w_h, valid, temperature)
-    rtol = 0 if temperature == 1.0 else 1e-6  # x / 0.6 grows |logp| to ~10: fp32 rounding is relative
+    rtol = 0 if temperature == 1.0 else 1e-6  # x / 0.6 grows the values 1.7x: fp32 rounding is relative
     for i in range(len(chunks)):
         for r in results:
             logp, ent, _ = r[i]
             torch.testing.assert_close(logp, rlogp.float(), atol=1e-6, rtol=rtol)
             torch.testing.assert_close(ent, rent.float(), atol=1e-6, rtol=rtol)
         grad = torch.cat([r[i][2] for r in results], dim=-1)
-        torch.testing.assert_close(grad, rgrad, atol=1e-6, rtol=0)
+        torch.testing.assert_close(grad, rgrad, atol=1e-6, rtol=rtol)
