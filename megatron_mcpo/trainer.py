@@ -26,7 +26,7 @@ from megatron_mcpo.data.run_prompts import PromptFitter, read_prompts
 from megatron_mcpo.distributed import ParallelGroups
 from megatron_mcpo.metrics_log import MetricsLogger
 from megatron_mcpo.progress import phase
-from megatron_mcpo.rollout.collect import EVAL_SEED_OFFSET, gather_lists, generate_and_score, length_metrics, sampling_seed
+from megatron_mcpo.rollout.collect import EVAL_SEED_OFFSET, gather_lists, generate, length_metrics, sampling_seed, score
 from megatron_mcpo.training.checkpoint import load_checkpoint, save_checkpoint
 from megatron_mcpo.training.ckpt_files import LATEST, check_run_info, model_identity, resume_source
 from megatron_mcpo.training.dynamic_sampling import dynamic_sampling_rounds
@@ -38,6 +38,30 @@ from megatron_mcpo.training.train_step import concat_outputs, forward_outputs, s
 
 PROMPT_UID_STRIDE = 1_000_000  # prompt ids = generation batch * stride + global prompt index: unique everywhere
 SAMPLES_LOGGED = 3  # (prompt, response, score) examples per step in the metrics log
+
+
+class _PhaseClock:
+    """Wall time per phase of a step: each lap() charges the time since the previous one to a phase;
+    finish() charges the rest to time/other, so the phases sum to time/step."""
+
+    def __init__(self):
+        self.start = self.tic = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.phases[phase] = self.phases.get(phase, 0.0) + now - self.tic
+        self.tic = now
+
+    def move(self, source: str, target: str, seconds: float) -> None:
+        """Charge `seconds` of `source`'s time to `target` (a part timed inside it)."""
+        self.phases[source] -= seconds
+        self.phases[target] = self.phases.get(target, 0.0) + seconds
+
+    def finish(self) -> dict:
+        step = time.perf_counter() - self.start
+        other = step - sum(self.phases.values())
+        return {**{f"time/{k}": v for k, v in self.phases.items()}, "time/other": other, "time/step": step}
 
 
 def _prompt_text(prompt) -> str:
@@ -66,51 +90,57 @@ class Trainer:
         self.rl_steps = 0
         self._saved_step, self._saved_path = None, None  # the last checkpoint written or loaded
         self._samples: list[dict] = []  # a few of the last step's (prompt, response, score), for the log
+        self._reward_seconds = 0.0  # the reward scoring's share of a step's rollout phase
 
     # ------------------------------------------------------------------ the step
     def rl_step(self) -> dict:
-        cfg, g, t = self.cfg, self.groups, {}
-        tic = step_tic = time.perf_counter()  # time/step = the sum of the time/<phase> keys (+ bookkeeping)
+        cfg, g = self.cfg, self.groups
+        clock = _PhaseClock()  # time/step = the sum of the time/<phase> keys, bookkeeping in time/other
+        self._reward_seconds = 0.0
         rollouts, gen_metrics = self.generate_and_score()                        # rollout/ + rewards/
-        t["time/rollout"] = time.perf_counter() - tic
-        tic = time.perf_counter()
+        clock.lap("rollout")
+        clock.move("rollout", "reward", self._reward_seconds)
         if self.memory is not None:                                               # colocated: engine sleeps
             gen_metrics.update(self.memory.to_training())
+            clock.lap("memory")
         batch = self.make_train_batch(rollouts)                                   # advantages, tokens, masks
-        t["time/make_batch"] = time.perf_counter() - tic
-        tic = time.perf_counter()
-        old, mismatch = self.old_logprobs(batch)                                  # forward-only pass
-        batch.update(old)
-        t["time/old_logprob"] = time.perf_counter() - tic
+        clock.lap("make_batch")
+        reuse_current = self.old_is_current()
+        mismatch, current = {}, {}
+        if not reuse_current:                                                     # forward-only pass
+            old, mismatch = self.old_logprobs(batch)
+            batch.update(old)
+            clock.lap("old_logprob")
         if self.reference is not None:                                            # KL term: log π_ref
-            tic = time.perf_counter()
             ref = self.reference.logprobs(batch)
             batch["ref_logprobs"] = ref if ref is not None else torch.zeros(batch["tokens"].shape, device=g.device)
-            t["time/ref_logprob"] = time.perf_counter() - tic
-        tic = time.perf_counter()
+            clock.lap("ref_logprob")
         metrics = {}
         mini_seqs = cfg.algorithm.mini_batch_prompts // g.dp_size * cfg.rollout.n
         n_local = batch["tokens"].shape[0]
+        collect = (lambda logprobs, rows: current.update(zip(rows.tolist(), logprobs))) if reuse_current else None
         for epoch in range(cfg.algorithm.ppo_epochs):
             for i, start in enumerate(range(0, n_local - mini_seqs + 1, mini_seqs)):
                 mini = {k: v[start : start + mini_seqs] for k, v in batch.items()}
                 first = epoch == 0 and i == 0  # θ still equals the rollout policy
                 m = train_minibatch(self.state, self.term, self.policy_loss, mini, cfg.parallel.micro_batch_size,
-                                    reuse_old_pooled=first)
+                                    reuse_old_pooled=first, on_logprobs=collect)
                 for k, v in m.items():
                     metrics.setdefault(k, []).append(v)
-        t["time/train"] = time.perf_counter() - tic
-        tic = time.perf_counter()
+        clock.lap("train")
+        if current:  # the training pass's log-probs were π_old's: the mismatch metrics from them
+            mismatch = self.mismatch_metrics(torch.stack([current[r] for r in range(n_local)]), batch)[1]
+            clock.lap("old_logprob")
         if self.memory is not None:                                               # colocated: engine wakes
             gen_metrics.update(self.memory.before_refit())
         refit_stats = self.refit()                                                # weights/refit.py
         if self.memory is not None:
             gen_metrics.update(self.memory.after_refit())
-        t["time/refit"] = time.perf_counter() - tic
+        clock.lap("refit")
         out = {k: sum(v) / len(v) for k, v in metrics.items()}
         self.rl_steps += 1
-        t["time/step"] = time.perf_counter() - step_tic
-        out.update(gen_metrics, **mismatch, **t, **refit_stats, step=self.rl_steps, optimizer_steps=self.state.step)
+        out.update(gen_metrics, **mismatch, **refit_stats, step=self.rl_steps, optimizer_steps=self.state.step)
+        out.update(clock.finish())
         return out
 
     # ------------------------------------------------------------------ pieces
@@ -184,17 +214,19 @@ class Trainer:
     def _rollouts_on_engine(self, records, uid_base, score: bool = True):
         # Reproducible per (run seed, replica, generation batch, prompt, sample): a resumed run repeats.
         seed = sampling_seed(self.cfg.rollout.seed, self.groups.dp_rank, uid_base)
-        groups = generate_and_score(self.engine, self.scorer if score else None, [rec for _, rec in records],
-                                    self.cfg.rollout.sampling, seed, errors="zero")
+        answers = generate(self.engine, [rec for _, rec in records], self.cfg.rollout.sampling, seed)
         rollouts = [Rollout(uid_base + index, record_domain(rec), a.sample.prompt_ids, a.sample.token_ids,
                             a.sample.logprobs, a.sample.finish_reason)
-                    for (index, rec), group in zip(records, groups) for a in group]
+                    for (index, rec), group in zip(records, answers) for a in group]
         if not score:
             return rollouts, None
-        results = [a.result for group in groups for a in group]
+        tic = time.perf_counter()
+        scored = score(self.scorer, answers, errors="zero")
+        self._reward_seconds += time.perf_counter() - tic
+        results = [a.result for group in scored for a in group]
         self._note_scorer_errors(results)
         self._samples = [{"prompt": _prompt_text(group[0].record["prompt"]), "response": group[0].sample.text,
-                          "score": float(group[0].result["score"])} for group in groups[:SAMPLES_LOGGED]]
+                          "score": float(group[0].result["score"])} for group in scored[:SAMPLES_LOGGED]]
         for r, res in zip(rollouts, results):
             r.score, r.acc = float(res["score"]), float(bool(res["acc"]))
         return rollouts, results
@@ -209,6 +241,21 @@ class Trainer:
             scatter_seed=self.gen_batches if cfg.mcpo.pool_order == "scattered" else None, device=self.groups.device,
         )
 
+    def old_is_current(self) -> bool:
+        """Whether π_old is the policy the batch's only update trains (one epoch, one mini-batch) and
+        nothing needs a separate forward pass: no rollout-correction weights (they multiply the loss) and
+        no contrastive pool states read before the training pass (the term says; exact mode with one local
+        micro-batch builds the pool in the same graph). Then the training pass's log-probs are π_old's (no
+        dropout: provider.py)."""
+        cfg, g = self.cfg, self.groups
+        a = cfg.algorithm
+        if a.ppo_epochs != 1 or a.mini_batch_prompts != a.train_batch_prompts:
+            return False
+        if any(v is not None for v in correction_knobs(a.rollout_correction).values()):
+            return False
+        local_seqs = a.mini_batch_prompts // g.dp_size * cfg.rollout.n
+        return not self.term.needs_pool_states(-(-local_seqs // cfg.parallel.micro_batch_size))
+
     def old_logprobs(self, batch: dict) -> tuple[dict, dict]:
         """log π_old of the response tokens (and the pooled states) from the policy that sampled them,
         and how far the engine's sampling log-probs are from them (train/rollout mismatch)."""
@@ -216,19 +263,26 @@ class Trainer:
         if outs is None:  # not the last pipeline stage: the loss is computed elsewhere
             return {"old_logprobs": torch.zeros(batch["tokens"].shape, device=self.groups.device)}, {}
         out = concat_outputs(outs)
+        weights, metrics = self.mismatch_metrics(out.logprobs, batch)
+        result = {"old_logprobs": out.logprobs, "pooled_old": out.pooled}
+        if weights is not None:
+            result["is_weights"] = weights
+        return result, metrics
+
+    def mismatch_metrics(self, old_logprobs: torch.Tensor, batch: dict) -> tuple:
+        """(rollout-correction weights or None when no knob is on, metrics): the engine's sampling log-probs
+        against π_old's `old_logprobs` [n, s] (train/rollout mismatch)."""
         m = batch["response_mask"]
-        diff = (out.logprobs - batch["sample_logprobs"]).abs()[m]
+        diff = (old_logprobs - batch["sample_logprobs"]).abs()[m]
         metrics = {"rollout/logprob_abs_diff_mean": float(diff.mean()), "rollout/logprob_abs_diff_max": float(diff.max())}
         # Mismatch metrics every step; correction weights when algorithm.rollout_correction turns a knob on.
         rc = self.cfg.algorithm.rollout_correction
         tokens, seqs = global_counts(batch, self.groups.dp)
-        weights, corr = rollout_correction(out.logprobs, batch["sample_logprobs"], m, global_num_tokens=tokens,
+        weights, corr = rollout_correction(old_logprobs, batch["sample_logprobs"], m, global_num_tokens=tokens,
                                            global_num_seqs=seqs, **correction_knobs(rc))
         metrics.update(reduce_correction_metrics(corr, self.groups.dp))
-        result = {"old_logprobs": out.logprobs, "pooled_old": out.pooled}
-        if any(v is not None for v in correction_knobs(rc).values()):
-            result["is_weights"] = weights
-        return result, metrics
+        knobs = any(v is not None for v in correction_knobs(rc).values())
+        return (weights if knobs else None), metrics
 
     def evaluate(self) -> dict:
         """Held-out metrics of the current policy (evaluation.py); collective over all ranks."""

@@ -157,10 +157,9 @@ class PolicyModel:
         # the last one's label is a wrap-around placeholder and its outputs are dropped (zero gradient).
         labels = torch.roll(row_tokens, -1, dims=1)
         local_v = logits.shape[-1]
-        if self.temperature != 1.0:  # in the logits' dtype, like verl (an fp32 copy would double the memory)
-            logits = logits / self.temperature
-        logp, ent = vocab_parallel_logprobs_entropy(
-            logits, labels, g.tp_rank * local_v, self.valid_vocab, g.tp if g.tp_size > 1 else None
+        logp, ent = vocab_parallel_logprobs_entropy(  # π_T: the kernel divides each fp32 chunk by T (no copy)
+            logits, labels, g.tp_rank * local_v, self.valid_vocab, g.tp if g.tp_size > 1 else None,
+            temperature=self.temperature,
         )
         zero = torch.zeros_like(logp[:, :1])
         logprobs = torch.cat([zero, logp[:, :-1]], dim=1)

@@ -34,17 +34,27 @@ class Scored:
     result: Optional[dict]
 
 
-def generate_and_score(engine: RolloutEngine, scorer, records: list[dict], sampling: SamplingSpec,
-                       seed: Optional[int], errors: str = "raise") -> list[list[Scored]]:
-    """For each record, its `sampling.n` answers from `engine` (seeded with `seed`), scored by `scorer`
-    (None: not scored); `errors` as RewardScorer.score_batch ("zero" in training: an item the scorer fails
-    on scores 0 and its result carries "error")."""
+def generate(engine: RolloutEngine, records: list[dict], sampling: SamplingSpec, seed: Optional[int]) -> list[list[Scored]]:
+    """For each record, its `sampling.n` answers from `engine` (seeded with `seed`), not yet scored."""
     engine.set_sampling_seed(seed)
     groups = engine.generate([rec["prompt"] for rec in records], sampling)
-    pairs = [(rec, s) for rec, group in zip(records, groups) for s in group]
-    results = iter(scorer.score_batch([score_item(rec, s.text) for rec, s in pairs], errors=errors)
-                   if scorer is not None else [None] * len(pairs))
-    return [[Scored(rec, s, next(results)) for s in group] for rec, group in zip(records, groups)]
+    return [[Scored(rec, s, None) for s in group] for rec, group in zip(records, groups)]
+
+
+def score(scorer, answers: list[list[Scored]], errors: str = "raise") -> list[list[Scored]]:
+    """`answers` with the verifier's results, scored in one batch by `scorer`; `errors` as
+    RewardScorer.score_batch ("zero" in training: an item the scorer fails on scores 0 and its result
+    carries "error")."""
+    flat = [a for group in answers for a in group]
+    results = iter(scorer.score_batch([score_item(a.record, a.sample.text) for a in flat], errors=errors))
+    return [[Scored(a.record, a.sample, next(results)) for a in group] for group in answers]
+
+
+def generate_and_score(engine: RolloutEngine, scorer, records: list[dict], sampling: SamplingSpec,
+                       seed: Optional[int], errors: str = "raise") -> list[list[Scored]]:
+    """`generate`, then `score` unless `scorer` is None (an engine worker that is not its engine's leader)."""
+    answers = generate(engine, records, sampling, seed)
+    return score(scorer, answers, errors) if scorer is not None else answers
 
 
 def gather_lists(local: list, group, size: int) -> list:

@@ -23,6 +23,35 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _GREEDY_EPS = 1e-5  # vLLM's: a temperature below this is greedy
 
 
+_SDPA_GQA = "mcpo_sdpa_gqa"
+
+
+def sdpa_gqa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """transformers' SDPA attention, but with the key/value heads shared inside SDPA (`enable_gqa`) also
+    when a mask is given: transformers then copies them num_heads / num_kv_heads times per call, i.e.
+    the whole KV cache at every decoding step of a left-padded batch. Same math (SDPA shares the heads
+    the same way). query [b, h, q, d], key/value [b, h_kv, k, d] -> ([b, q, h, d], None)."""
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling,
+        is_causal=query.shape[2] > 1 and attention_mask is None and causal, enable_gqa=key.shape[1] != query.shape[1],
+    )
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _attention_implementation(device: torch.device) -> str:
+    """The GQA-sharing SDPA on CPU (a third of the decode attention's time there); transformers' own on
+    GPU, where a masked GQA call may leave the fused kernels."""
+    if device.type != "cpu":
+        return "sdpa"
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(_SDPA_GQA, sdpa_gqa_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(_SDPA_GQA, sdpa_mask)
+    return _SDPA_GQA
+
+
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """Mask (to -inf) what top-k (k > 0) and then top-p (p < 1) exclude. logits: [B, V] -> [B, V].
     top-p keeps the largest tokens whose mass reaches p: with probabilities sorted ascending, a token is
@@ -52,7 +81,8 @@ class HFEngine:
             raise ValueError(f"rollout dtype '{dtype}' is not one of {sorted(_DTYPES)}")
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=_DTYPES[dtype], attn_implementation="sdpa")
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=_DTYPES[dtype],
+                                                          attn_implementation=_attention_implementation(self.device))
         self.model.to(self.device).eval().requires_grad_(False)
         self.model_dtype = _DTYPES[dtype]
         self.logprobs_mode = logprobs_mode

@@ -50,6 +50,11 @@ def _kernel_kwargs(mc: MCPOConfig) -> dict:
 class ContrastiveTerm:
     """No contrastive term (GRPO, DAPO): the policy loss alone."""
 
+    def needs_pool_states(self, num_microbatches: int) -> bool:
+        """Whether the pool's states are needed before the training passes (from the old-log-prob pass on
+        the first mini-batch, else from a pre-pass)."""
+        return False
+
     def prepare(self, state, microbatches: list[dict], local: dict, pooled_old: Optional[torch.Tensor],
                 reuse_old_pooled: bool) -> None:
         """Before the training passes of one optimizer step. `local`: this rank's mini-batch share (the
@@ -82,7 +87,6 @@ class PoolTerm(ContrastiveTerm):
         self.cl_coef, self.warmup_batches, self.threshold = mc.cl_coef, mc.warmup_batches, mc.positive_threshold
 
     def needs_pool_states(self, num_microbatches: int) -> bool:
-        """Whether the pool's states are needed before the training passes."""
         return True
 
     def prepare(self, state, microbatches, local, pooled_old, reuse_old_pooled) -> None:

@@ -35,6 +35,26 @@ def test_slurm_job_runs_torchrun_on_every_node(tmp_path):
     assert "-m megatron_mcpo train --config examples/configs/tiny_cpu.yaml --set parallel.micro_batch_size=1" in out
 
 
+DEDICATED = ["--set", "run.device=cuda", "--set", "rollout.placement=dedicated", "--set", "rollout.dedicated_gpus_per_node=2"]
+
+
+def test_dedicated_rollout_gpus_are_requested_but_get_no_rank(tmp_path):
+    # 4 GPUs per node: ranks on GPUs 0-1, the two replicas' engines on GPUs 2-3; world size 2 nodes x 2 ranks
+    rc, out = _launch(tmp_path, *CONFIG, *DEDICATED, "--executor", "slurm", "--nodes", "2", "--gpus-per-node", "4",
+                      "--account", "acct", "--partition", "batch", "--job-dir", str(tmp_path / "jobs"), "--dryrun")
+    assert rc == 0, out
+    assert "#SBATCH --gpus-per-node=4" in out and "--nnodes 2 --nproc-per-node 2 --node-rank $SLURM_NODEID" in out
+    assert "--set rollout.dedicated_gpus_per_node=2 --set rollout.gpus_per_node=4" in out  # the job plans the same
+
+
+def test_local_job_with_dedicated_rollout_gpus(tmp_path):
+    # 6 GPUs: 4 TP2 ranks (2 replicas) on GPUs 0-3, their 2 engines on GPUs 4-5
+    rc, out = _launch(tmp_path, *CONFIG, *DEDICATED, "--set", "parallel.tp=2", "--executor", "local",
+                      "--gpus-per-node", "6", "--dryrun")
+    assert rc == 0, out
+    assert "'--nnodes', '1', '--nproc-per-node', '4'" in out
+
+
 def test_local_job_is_torchrun_with_one_rank_per_gpu(tmp_path):
     rc, out = _launch(tmp_path, *CONFIG, "--executor", "local", "--gpus-per-node", "2", "--dryrun")
     assert rc == 0, out
@@ -47,6 +67,10 @@ def test_local_job_is_torchrun_with_one_rank_per_gpu(tmp_path):
     (["--set", "parallel.micro_batch_size=3"], "parallel.micro_batch_size"),  # 16 sequences over 4 ranks
     (["--executor", "slurm", "--account", "a"], "--account and --partition"),
     (["--env", "NOEQUALS"], "--env expects K=V"),
+    # 4 training ranks = 4 replicas, each with an engine, on a node with 1 dedicated GPU
+    (["--gpus-per-node", "5", *DEDICATED[:4], "--set", "rollout.dedicated_gpus_per_node=1"],
+     "rollout.dedicated_gpus_per_node: node 0 hosts 2"),
+    ([*DEDICATED[:4], "--set", "rollout.dedicated_gpus_per_node=4"], "rollout.dedicated_gpus_per_node: 4 of the node's 4 GPUs"),
 ])
 def test_bad_input_fails_before_submitting(tmp_path, args, message):
     rc, out = _launch(tmp_path, *CONFIG, "--gpus-per-node", "4", *args, "--dryrun")  # valid without `args`

@@ -70,6 +70,29 @@ def test_logprobs_modes_match_a_direct_forward(tiny_dirs, reference, mode):
             torch.testing.assert_close(torch.tensor(s.logprobs, dtype=torch.float64), want, atol=1e-4, rtol=0)
 
 
+def test_gqa_sharing_attention_equals_transformers_sdpa_on_a_left_padded_batch(engine, reference):
+    """The engine's CPU attention (enable_gqa under a mask) against transformers' own SDPA (which copies
+    the key/value heads): prefill and a cached decode step of a left-padded batch, fp32, 1e-5."""
+    from transformers import DynamicCache
+
+    assert engine.model.config._attn_implementation == "mcpo_sdpa_gqa"
+    assert engine.model.config.num_key_value_heads < engine.model.config.num_attention_heads
+    tokens = torch.tensor([[0, 0, 0, 5, 17, 99], [3, 8, 21, 7, 240, 11]])
+    mask = (torch.arange(6) >= torch.tensor([[3], [0]])).long()
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    step = torch.tensor([[42], [9]])
+    outs = []
+    with torch.no_grad():
+        for model in (engine.model, reference):
+            cache = DynamicCache(config=model.config)
+            first = model(input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=cache).logits
+            second = model(input_ids=step, attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1),
+                           position_ids=positions[:, -1:] + 1, past_key_values=cache).logits
+            outs.append((first[mask.bool()], second))
+    for got, want in zip(*outs):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
 def test_filter_logits_top_k_and_top_p_by_hand():
     z = torch.log(torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]], dtype=torch.float64))
     from megatron_mcpo.rollout.hf_engine import filter_logits

@@ -35,9 +35,9 @@ def _loss(logp, ent, w_lp, w_h):
     return (logp.double() * w_lp).sum() + (ent.double() * w_h).sum()
 
 
-def _reference_grad(logits, labels, w_lp, w_h, valid):
+def _reference_grad(logits, labels, w_lp, w_h, valid, temperature=1.0):
     full = logits.double().requires_grad_()
-    rlogp, rent = _reference(full, labels, valid)
+    rlogp, rent = _reference(full / temperature, labels, valid)
     _loss(rlogp, rent, w_lp, w_h).backward()
     return rlogp, rent, full.grad
 
@@ -54,6 +54,23 @@ def test_single_shard_matches_full_vocab_with_padding(chunk):
     torch.testing.assert_close(ent, rent.float(), atol=1e-6, rtol=0)
     torch.testing.assert_close(a.grad, rgrad, atol=1e-6, rtol=0)
     assert torch.all(a.grad[..., valid:] == 0)  # padded columns get no gradient
+
+
+@pytest.mark.parametrize("temperature", [0.6, 1.7])
+@pytest.mark.parametrize("chunk", [None, 4])
+def test_temperature_is_softmax_of_scaled_logits(chunk, temperature):
+    """logits / T inside the kernel: the float64 reference of log_softmax(x / T), gradients w.r.t. x."""
+    logits, labels, w_lp, w_h, valid = _inputs(seed=5)
+    a = logits.clone().requires_grad_()
+    logp, ent = vocab_parallel_logprobs_entropy(a, labels, 0, valid, chunk_tokens=chunk, temperature=temperature)
+    _loss(logp, ent, w_lp, w_h).backward()
+    rlogp, rent, rgrad = _reference_grad(logits, labels, w_lp, w_h, valid, temperature)
+    torch.testing.assert_close(logp, rlogp.float(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(ent, rent.float(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(a.grad, rgrad, atol=1e-6, rtol=0)
+    assert torch.equal(a.detach(), logits)  # no scaled copy written back
+    with pytest.raises(ValueError, match="temperature"):
+        vocab_parallel_logprobs_entropy(a, labels, 0, valid, temperature=0.0)
 
 
 def test_fp32_logits_are_not_modified_and_strided_input_works():
@@ -88,12 +105,14 @@ def test_only_the_logits_and_per_token_vectors_are_saved():
     assert all(t.numel() == 80 for t in big[1:])
 
 
-def test_bf16_logits():
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_bf16_logits(temperature):
+    """At T != 1 the scaling happens in fp32 (no bf16 rounding of logits / T): the same tolerances."""
     logits, labels, w_lp, w_h, valid = _inputs(seed=3, dtype=torch.bfloat16)
     a = logits.clone().requires_grad_()
-    logp, ent = vocab_parallel_logprobs_entropy(a, labels, 0, valid, chunk_tokens=4)
+    logp, ent = vocab_parallel_logprobs_entropy(a, labels, 0, valid, chunk_tokens=4, temperature=temperature)
     _loss(logp, ent, w_lp, w_h).backward()
-    rlogp, rent, rgrad = _reference_grad(logits, labels, w_lp, w_h, valid)
+    rlogp, rent, rgrad = _reference_grad(logits, labels, w_lp, w_h, valid, temperature)
     torch.testing.assert_close(logp, rlogp.float(), atol=1e-5, rtol=0)
     torch.testing.assert_close(ent, rent.float(), atol=1e-5, rtol=0)
     assert a.grad.dtype == torch.bfloat16
@@ -107,7 +126,7 @@ def test_default_chunk_bounds_the_fp32_buffer():
         vocab_parallel_logprobs_entropy(torch.zeros(2, 4), torch.zeros(2, dtype=torch.long), 0, 4, chunk_tokens=0)
 
 
-def _shard_worker(rank, valid, chunks):
+def _shard_worker(rank, valid, chunks, temperature=1.0):
     import torch.distributed as dist
 
     dist.init_process_group("gloo")
@@ -116,22 +135,26 @@ def _shard_worker(rank, valid, chunks):
     out = []
     for chunk in chunks:
         local = logits[..., rank * shard : (rank + 1) * shard].clone().requires_grad_()
-        logp, ent = vocab_parallel_logprobs_entropy(local, labels, rank * shard, valid, dist.group.WORLD, chunk)
+        logp, ent = vocab_parallel_logprobs_entropy(local, labels, rank * shard, valid, dist.group.WORLD, chunk,
+                                                    temperature=temperature)
         _loss(logp, ent, w_lp, w_h).backward()
         out.append((logp, ent, local.grad))
     return out
 
 
-@pytest.mark.parametrize("valid", [13, 21], ids=["rank1_all_padding", "rank1_part_padding"])
-def test_two_shards_on_gloo_match_full_vocab(valid):
+@pytest.mark.parametrize("valid,temperature", [(13, 1.0), (21, 1.0), (21, 0.6)],
+                         ids=["rank1_all_padding", "rank1_part_padding", "tempered"])
+def test_two_shards_on_gloo_match_full_vocab(valid, temperature):
     chunks = [None, 2, 4, 7]
-    results = run_distributed(_shard_worker, world_size=2, timeout=120, valid=valid, chunks=chunks)
+    results = run_distributed(_shard_worker, world_size=2, timeout=120, valid=valid, chunks=chunks,
+                              temperature=temperature)
     logits, labels, w_lp, w_h, _ = _inputs(seed=1, v_padded=32, valid=valid)
-    rlogp, rent, rgrad = _reference_grad(logits, labels, w_lp, w_h, valid)
+    rlogp, rent, rgrad = _reference_grad(logits, labels, w_lp, w_h, valid, temperature)
+    rtol = 0 if temperature == 1.0 else 1e-6  # x / 0.6 grows the values 1.7x: fp32 rounding is relative
     for i in range(len(chunks)):
         for r in results:
             logp, ent, _ = r[i]
-            torch.testing.assert_close(logp, rlogp.float(), atol=1e-6, rtol=0)
-            torch.testing.assert_close(ent, rent.float(), atol=1e-6, rtol=0)
+            torch.testing.assert_close(logp, rlogp.float(), atol=1e-6, rtol=rtol)
+            torch.testing.assert_close(ent, rent.float(), atol=1e-6, rtol=rtol)
         grad = torch.cat([r[i][2] for r in results], dim=-1)
-        torch.testing.assert_close(grad, rgrad, atol=1e-6, rtol=0)
+        torch.testing.assert_close(grad, rgrad, atol=1e-6, rtol=rtol)
