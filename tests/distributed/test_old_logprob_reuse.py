@@ -36,7 +36,7 @@ def _worker(rank, algorithm):
     from megatron_mcpo.config import load_config
     from megatron_mcpo.distributed import init_distributed
     from megatron_mcpo.models.projection import ProjectionHead, ProjectionTrainer
-    from megatron_mcpo.models.tiny import tiny_hf_config
+    from megatron_mcpo.models.families import tiny_hf_config
     from megatron_mcpo.training.losses import policy_loss_from_config
     from megatron_mcpo.training.mcpo_term import make_term
     from megatron_mcpo.training.minibatch import train_minibatch
