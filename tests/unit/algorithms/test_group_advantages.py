@@ -73,7 +73,7 @@ def test_groups_split_across_two_gloo_ranks():
     g = torch.Generator().manual_seed(1)
     rewards = (torch.rand(13, generator=g) < 0.5).to(F64)
     prompts = torch.tensor([4, 1, 4, 2, 1, 4, 2, 2, 1, 4, 1, 2, 7])  # every group straddles the ranks
-    results = run_distributed(_split_worker, world_size=2, timeout=120, rewards=rewards, prompts=prompts,
+    results = run_distributed(_split_worker, world_size=2, timeout=300, rewards=rewards, prompts=prompts,
                               bounds=[(0, 5), (5, 13)])  # unequal shares
     for est in ("grpo", "rloo"):
         assert torch.equal(torch.cat([results[0][est], results[1][est]]), group_advantages(rewards, prompts, est))
