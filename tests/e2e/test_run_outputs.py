@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+
 from tiny_run import TOKENS
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]

@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
-from tiny_run import OVERRIDES, run_trainer
 
 from dist_utils import run_distributed
+from tiny_run import OVERRIDES, run_trainer
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
