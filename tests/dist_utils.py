@@ -87,7 +87,7 @@ def _each(rank, each_fn, runs, fn_kwargs):
     return out
 
 
-def run_each(fn, runs: dict, world_size: int = 2, timeout: float = 600.0, **kwargs) -> dict:
+def run_each(fn, runs: dict, world_size: int = 2, timeout: float = 1200.0, **kwargs) -> dict:
     """{name: results ordered by rank} of fn(rank, **runs[name], **kwargs) for every named run (a parallel
     layout, say), one after another in the order given, in ONE launch of `world_size` processes: a launch
     costs seconds of CPU per process to start and import torch and megatron-core, the tiny model's steps
