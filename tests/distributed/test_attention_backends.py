@@ -1,18 +1,18 @@
 """The SDPA core attention reproduces megatron's local DotProductAttention in the whole model (fp32, gloo).
 
-Each layout (TP1 in one process; TP2 and PP2 in two) builds the tiny Qwen3 (GQA: 4 heads, 2 KV heads;
-at TP2 one KV head per rank) twice in the same process, once per `model.attention_backend`, with the
-local model's weights copied into the SDPA one, and runs the same micro-batches of very different
-lengths padded (causal, no mask) and packed (local: a dense block-diagonal mask; SDPA: one call per
-segment), forward and one train step (SGD, lr 0). Log-probs, entropy, pooled states, loss, grad norm
-and every gradient must agree.
+Each layout (TP1 in one process; TP2 and PP2 one after another in one 2-process launch) builds the tiny
+Qwen3 (GQA: 4 heads, 2 KV heads; at TP2 one KV head per rank) twice in the same process, once per
+`model.attention_backend`, with the local model's weights copied into the SDPA one, and runs the same
+micro-batches of very different lengths padded (causal, no mask) and packed (local: a dense
+block-diagonal mask; SDPA: one call per segment), forward and one train step (SGD, lr 0). Log-probs,
+entropy, pooled states, loss, grad norm and every gradient must agree.
 Tolerance: 1e-5 absolute on per-token values, pooled states and gradients, 1e-5 relative on loss and
 grad norm (fp32; the kernels sum in different orders).
 """
 import pytest
 import torch
 
-from dist_utils import rows_by_index, run_distributed
+from dist_utils import rows_by_index, run_distributed, run_each
 from test_packing_invariance import B, _batch
 from test_parallel_invariance import _loss_fn
 
@@ -58,9 +58,24 @@ def _worker(rank, tp, pp):
     return result
 
 
-@pytest.mark.parametrize("tp,pp,world", [(1, 1, 1), (2, 1, 2), (1, 2, 2)], ids=["tp1", "tp2", "pp2"])
-def test_sdpa_matches_local_attention(tp, pp, world):
-    results = run_distributed(_worker, world_size=world, timeout=300, tp=tp, pp=pp)
+LAYOUTS = {"tp2": dict(tp=2, pp=1), "pp2": dict(tp=1, pp=2)}
+
+
+@pytest.fixture(scope="module")
+def two_process_layouts():
+    return run_each(_worker, LAYOUTS, world_size=2)
+
+
+def test_sdpa_matches_local_attention_tp1():
+    _check(run_distributed(_worker, world_size=1, timeout=300, tp=1, pp=1))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_sdpa_matches_local_attention(two_process_layouts, layout):
+    _check(two_process_layouts[layout])
+
+
+def _check(results):
     for r in results:
         assert (r["local"]["segments"], r["local"]["thd"]) == (False, False)  # dense block mask
         assert (r["sdpa"]["segments"], r["sdpa"]["thd"]) == (True, False)

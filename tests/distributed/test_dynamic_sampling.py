@@ -59,7 +59,7 @@ def _rank_fn(rank):
 def test_dp2_counts_kept_groups_globally_and_matches_one_process():
     from dist_utils import run_distributed
 
-    r0, r1 = run_distributed(_rank_fn, world_size=2, timeout=180)
+    r0, r1 = run_distributed(_rank_fn, world_size=2, timeout=300)
     one = _collect(0, 1, max_rounds=5, on_exhausted="error", group=None)
     # 2 groups kept per round (replica 0's), 4 needed: done after 2 rounds; a per-replica minimum never would be
     assert one.groups_kept == 4 and one.rounds == 2 and not one.exhausted

@@ -4,13 +4,14 @@ Reference: one process computes the whole mini-batch (8 rollouts, 4 prompts, 2 d
 Each layout (DP=2 × 2 micro-batches each; TP=2 and PP=2 × 4 micro-batches) uses grad_mode=exact, i.e.
 the gathered pre-pass pool and the injected surrogate gradient, and must give the same Megatron
 grad norm, the same projector gradients, the same pool metrics, and (after an SGD step, which is
-linear in the gradient) the same log-probs. Tolerances: 1e-5 relative on the grad norm, 1e-5 absolute
+linear in the gradient) the same log-probs. The one-process runs share one launch, the 2-process layouts
+another. Tolerances: 1e-5 relative on the grad norm, 1e-5 absolute
 on projector gradients, 2e-5 on log-probs (fp32 model; the MCPO loss itself runs in fp32 too).
 """
 import pytest
 import torch
 
-from dist_utils import rows_by_index, run_distributed
+from dist_utils import rows_by_index, run_each
 
 pytestmark = pytest.mark.dist
 
@@ -90,24 +91,38 @@ def _worker(rank, tp, pp, mbs, ckpt, save, overrides, warmup_probe=False, reuse_
     return result
 
 
+# One process, in this order: the reference (saves the checkpoint the others load), the same batch without
+# MCPO, and the warmup probes (zero advantages, one graph and the exact pre-pass).
+ONE_PROCESS = {
+    "reference": dict(mbs=B, save=True, overrides=[]),
+    "grpo": dict(mbs=B, save=False, overrides=["algorithm.name=grpo"]),
+    **{f"warmup_{name}": dict(mbs=mbs, save=False, warmup_probe=True, zero_adv=True, overrides=["mcpo.warmup_batches=1"])
+       for name, mbs in (("one_graph", B), ("exact_prepass", 2))},
+}
+TWO_PROCESSES = {
+    "dp2_prepass": dict(tp=1, pp=1, reuse_old=False), "dp2_reuse_old_pooled": dict(tp=1, pp=1, reuse_old=True),
+    "tp2": dict(tp=2, pp=1, reuse_old=False), "pp2": dict(tp=1, pp=2, reuse_old=False),
+}
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    ckpt = str(tmp_path_factory.mktemp("mcpo_ref"))
-    (ref,) = run_distributed(_worker, world_size=1, tp=1, pp=1, mbs=B, ckpt=ckpt, save=True, overrides=[])
-    return ckpt, ref
+def ckpt(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("mcpo_ref"))
 
 
+@pytest.fixture(scope="module")
+def one_process(ckpt):
+    return {name: r for name, (r,) in run_each(_worker, ONE_PROCESS, world_size=1, tp=1, pp=1, ckpt=ckpt).items()}
 
 
-@pytest.mark.parametrize(
-    "tp,pp,mbs,reuse_old",
-    [(1, 1, 2, False), (1, 1, 2, True), (2, 1, 2, False), (1, 2, 2, False)],
-    ids=["dp2_prepass", "dp2_reuse_old_pooled", "tp2", "pp2"],
-)
-def test_exact_pool_matches_one_graph(reference, tp, pp, mbs, reuse_old):
-    ckpt, ref = reference
-    results = run_distributed(_worker, world_size=2, tp=tp, pp=pp, mbs=mbs, ckpt=ckpt, save=False, overrides=[],
-                              reuse_old=reuse_old)
+@pytest.fixture(scope="module")
+def two_processes(one_process, ckpt):  # after the reference has saved the checkpoint
+    return run_each(_worker, TWO_PROCESSES, world_size=2, mbs=2, ckpt=ckpt, save=False, overrides=[])
+
+
+@pytest.mark.parametrize("layout", TWO_PROCESSES)
+def test_exact_pool_matches_one_graph(one_process, two_processes, layout):
+    ref, results = one_process["reference"], two_processes[layout]
     rm = _batch()["response_mask"]
     assert ref["metrics"]["mcpo/loss_cl"] > 0 and ref["metrics"]["grad_norm"] > 0
     for r in results:
@@ -119,21 +134,17 @@ def test_exact_pool_matches_one_graph(reference, tp, pp, mbs, reuse_old):
     torch.testing.assert_close(rows_by_index(results, "after", B)[rm], ref["after"][rm], atol=2e-5, rtol=0)
 
 
-def test_contrastive_term_moves_the_backbone(reference):
+def test_contrastive_term_moves_the_backbone(one_process):
     """Same batch without MCPO: a different gradient (so the exactness test above is not vacuous)."""
-    ckpt, ref = reference
-    (grpo,) = run_distributed(_worker, world_size=1, tp=1, pp=1, mbs=B, ckpt=ckpt, save=False,
-                              overrides=["algorithm.name=grpo"])
+    ref, grpo = one_process["reference"], one_process["grpo"]
     assert abs(grpo["metrics"]["grad_norm"] - ref["metrics"]["grad_norm"]) > 1e-3 * ref["metrics"]["grad_norm"]
 
 
-@pytest.mark.parametrize("mbs", [B, 2], ids=["one_graph", "exact_prepass"])
-def test_warmup_blocks_backbone_gradient_only(reference, mbs):
+@pytest.mark.parametrize("mbs", ["one_graph", "exact_prepass"])
+def test_warmup_blocks_backbone_gradient_only(one_process, mbs):
     """Zero advantages: the policy loss has no gradient, so the backbone gradient is the contrastive
     term alone — exactly zero during the one-step warmup, non-zero after; the projector learns in both."""
-    ckpt, _ = reference
-    (r,) = run_distributed(_worker, world_size=1, tp=1, pp=1, mbs=mbs, ckpt=ckpt, save=False, warmup_probe=True,
-                           zero_adv=True, overrides=["mcpo.warmup_batches=1"])
+    r = one_process[f"warmup_{mbs}"]
     assert r["metrics"]["grad_norm"] == 0.0
     assert r["metrics2"]["grad_norm"] > 1e-6
     assert r["metrics"]["mcpo/warmup_active"] == 1.0 and r["metrics2"]["mcpo/warmup_active"] == 0.0

@@ -1,8 +1,8 @@
 """Sequence packing reproduces the padded forward and train step (fp32, gloo, local spec: the packed
 row runs with a block-diagonal causal mask).
 
-Each layout (TP1 in one process; TP2, PP2 and PP2 with VPP2 in two) runs the same micro-batches of very
-different lengths (a length-1 response, a row without any response, full-length rows) padded and then
+Each layout (TP1 in one process; TP2, PP2 and PP2 with VPP2 one after another in one 2-process launch)
+runs the same micro-batches of very different lengths (a length-1 response, a row without any response, full-length rows) padded and then
 packed, on the same weights (SGD with lr 0, so the steps leave them unchanged), and compares log-probs,
 entropy, pooled states, the loss, the grad norm and every gradient.
 Tolerance: 1e-5 absolute on per-token values, pooled states and gradients, 1e-5 relative on loss, grad
@@ -13,7 +13,7 @@ tests/gpu/test_gpu_packing.py reuses `_worker` and `check_packed_matches_padded`
 import pytest
 import torch
 
-from dist_utils import rows_by_index, run_distributed
+from dist_utils import rows_by_index, run_distributed, run_each
 from test_parallel_invariance import _loss_fn
 
 pytestmark = pytest.mark.dist
@@ -84,12 +84,24 @@ def check_packed_matches_padded(results: list, atol: float, rel: float) -> None:
         assert (g_packed - g_padded).norm() <= rel * g_padded.norm()
 
 
-@pytest.mark.parametrize(
-    "tp,pp,vpp,world", [(1, 1, None, 1), (2, 1, None, 2), (1, 2, None, 2), (1, 2, 2, 2)],
-    ids=["tp1", "tp2", "pp2", "pp2_vpp2"],
-)
-def test_packed_matches_padded(tp, pp, vpp, world):
+LAYOUTS = {"tp2": dict(tp=2, pp=1, vpp=None), "pp2": dict(tp=1, pp=2, vpp=None), "pp2_vpp2": dict(tp=1, pp=2, vpp=2)}
+
+
+@pytest.fixture(scope="module")
+def two_process_layouts():
+    return run_each(_worker, LAYOUTS, world_size=2)
+
+
+def _check(results):
     # under PP the micro-batches' packed rows (T = 32, 16, 32, 24) are padded to one length
-    results = run_distributed(_worker, world_size=world, timeout=240, tp=tp, pp=pp, vpp=vpp)
     assert not any(r["thd"] for r in results)  # the local spec: block-diagonal mask
     check_packed_matches_padded(results, atol=ATOL, rel=1e-5)
+
+
+def test_packed_matches_padded_tp1():
+    _check(run_distributed(_worker, world_size=1, timeout=300, tp=1, pp=1))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_packed_matches_padded(two_process_layouts, layout):
+    _check(two_process_layouts[layout])

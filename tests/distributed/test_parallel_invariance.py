@@ -3,13 +3,14 @@
 One reference process saves its randomly initialised tiny Qwen3 (tied embeddings, QK-norm) as a
 dist_checkpointing checkpoint and computes log-probs, entropy, pooled hidden states, loss, grad norm
 and post-step log-probs on the whole mini-batch as ONE micro-batch; each 2-process layout loads that
-checkpoint (resharding on load), runs 2 micro-batches per rank and must match.
+checkpoint (resharding on load), runs 2 micro-batches per rank and must match (the four layouts one after
+another in one 2-process launch).
 Tolerance: 2e-5 absolute on per-token values, 1e-5 relative on loss and grad norm (fp32 reduction order).
 """
 import pytest
 import torch
 
-from dist_utils import rows_by_index, run_distributed
+from dist_utils import rows_by_index, run_distributed, run_each
 
 pytestmark = pytest.mark.dist
 
@@ -82,14 +83,20 @@ def reference(tmp_path_factory):
     return ckpt, ref
 
 
+LAYOUTS = {"tp2": dict(tp=2, pp=1, vpp=None), "pp2": dict(tp=1, pp=2, vpp=None),
+           "pp2_vpp2": dict(tp=1, pp=2, vpp=2), "dp2": dict(tp=1, pp=1, vpp=None)}
 
 
-@pytest.mark.parametrize(
-    "tp,pp,vpp", [(2, 1, None), (1, 2, None), (1, 2, 2), (1, 1, None)], ids=["tp2", "pp2", "pp2_vpp2", "dp2"]
-)
-def test_layout_matches_single_process(reference, tp, pp, vpp):
-    ckpt, ref = reference
-    results = run_distributed(_worker, world_size=2, tp=tp, pp=pp, vpp=vpp, ckpt=ckpt, save=False, mbs=2)
+@pytest.fixture(scope="module")
+def layouts(reference):
+    ckpt, _ = reference
+    return run_each(_worker, LAYOUTS, world_size=2, ckpt=ckpt, save=False, mbs=2)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_layout_matches_single_process(reference, layouts, layout):
+    _, ref = reference
+    results = layouts[layout]
     response = _batch()["response_mask"]
     for key in ("logprobs", "entropy", "after"):
         got = rows_by_index(results, key, B)

@@ -1,7 +1,8 @@
 """Preemption, for real: `mcpo train` gets SIGTERM in its whole process group (as Slurm's scancel sends
 it) mid-run; it finishes the step, saves, exits 143 and leaves no engine or reward process behind. The
 relaunch with the same command resumes from that save and its last step equals the uninterrupted run's
-(sampling is seeded per generation batch, prompt and sample)."""
+(sampling is seeded per generation batch, prompt and sample). The uninterrupted run goes alongside the
+other two (its own output and process group): each run is mostly one busy process at a time."""
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ SMALL = ["rollout.n=2", "rollout.max_response_length=16", "algorithm.train_batch
          f"run.total_steps={STEPS}", "checkpoint.save_interval=0"]
 
 
-def _train(out, name):
+def _train(out, name, console=subprocess.PIPE):
     args = [sys.executable, "-m", "megatron_mcpo", "train", "--config", "examples/configs/tiny_cpu.yaml"]
     for o in SMALL + [f"run.output_dir={out}", f"logging.log_dir={out}/logs", f"run.name={name}",
                       f"checkpoint.save_dir={out}/ckpt_{name}"]:
@@ -30,7 +31,7 @@ def _train(out, name):
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=console, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)  # its own process group, like a batch job's
 
 
@@ -50,10 +51,29 @@ def _finish(proc, timeout):
 
 def test_sigterm_saves_exits_and_resume_repeats_the_run(tmp_path):
     out = str(tmp_path)
-    straight = _train(out, "a")
-    text = _finish(straight, 1500)
-    assert straight.returncode == 0, text[-3000:]
+    with open(f"{out}/a.log", "w") as console:  # a file: nobody drains a pipe while run b is watched
+        straight = _train(out, "a", console)
+    try:
+        stopped_at = _preempt_and_resume(out)
+    except BaseException:
+        os.killpg(straight.pid, signal.SIGKILL)
+        straight.wait()
+        raise
+    _finish(straight, 1800)
+    with open(f"{out}/a.log") as f:
+        assert straight.returncode == 0, f.read()[-3000:]
+    a, b = _steps(out, "a"), _steps(out, "b")
+    assert sorted(b) == list(range(1, STEPS + 1))
+    for step in range(stopped_at + 1, STEPS + 1):
+        for key in ("reward/all/score", "rollout/response_length_mean", "pg_loss", "grad_norm",
+                    "rollout/logprob_abs_diff_max"):
+            assert b[step][key] == pytest.approx(a[step][key], rel=1e-6, abs=1e-9), (step, key)
+        assert b[step]["samples"] == a[step]["samples"]
+    assert a[1]["samples"] and {"prompt", "response", "score"} <= set(a[1]["samples"][0])
 
+
+def _preempt_and_resume(out) -> int:
+    """Run b: SIGTERM to its process group after step 1, then the same command again; the step it stopped at."""
     run = _train(out, "b")
     engine_procs, lines = [], []
     for line in run.stdout:  # wait for the first step's console line, then preempt the whole group
@@ -76,14 +96,7 @@ def test_sigterm_saves_exits_and_resume_repeats_the_run(tmp_path):
     assert not left, f"processes left behind after SIGTERM: {left}"
 
     resumed = _train(out, "b")  # the same command: checkpoint.resume=auto continues from save_dir
-    text = _finish(resumed, 1500)
+    text = _finish(resumed, 1800)
     assert resumed.returncode == 0, text[-3000:]
     assert f"resumed from {out}/ckpt_b/iter_{stopped_at:07d} (RL step {stopped_at})" in text
-    a, b = _steps(out, "a"), _steps(out, "b")
-    assert sorted(b) == list(range(1, STEPS + 1))
-    for step in range(stopped_at + 1, STEPS + 1):
-        for key in ("reward/all/score", "rollout/response_length_mean", "pg_loss", "grad_norm",
-                    "rollout/logprob_abs_diff_max"):
-            assert b[step][key] == pytest.approx(a[step][key], rel=1e-6, abs=1e-9), (step, key)
-        assert b[step]["samples"] == a[step]["samples"]
-    assert a[1]["samples"] and {"prompt", "response", "score"} <= set(a[1]["samples"][0])
+    return stopped_at

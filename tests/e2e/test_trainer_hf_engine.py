@@ -38,9 +38,9 @@ def _run(rank, out, total_steps, resume):
 
 def test_loop_with_hf_engine_refit_checkpoint_resume(tmp_path):
     out = str(tmp_path)
-    (first,) = run_distributed(_run, world_size=1, timeout=600, out=out, total_steps=2, resume=False)
+    (first,) = run_distributed(_run, world_size=1, timeout=1200, out=out, total_steps=2, resume=False)
     assert first["engine"] == "HFEngine" and first["end"] == (2, 2)
-    (second,) = run_distributed(_run, world_size=1, timeout=600, out=out, total_steps=3, resume=True)
+    (second,) = run_distributed(_run, world_size=1, timeout=1200, out=out, total_steps=3, resume=True)
     assert second["end"] == (3, 3) and [m["step"] for m in second["history"]] == [3]
     steps = first["history"] + second["history"]
     for m in steps:
@@ -75,7 +75,7 @@ def _run_tp2(rank, out):
 
 def test_hf_engine_with_tensor_parallel_training(tmp_path):
     """TP2 on 2 CPU ranks: one engine (tp rank 0) serves the replica, both ranks train on its rollouts."""
-    a, b = run_distributed(_run_tp2, world_size=2, timeout=600, out=str(tmp_path))
+    a, b = run_distributed(_run_tp2, world_size=2, timeout=1200, out=str(tmp_path))
     assert (a["engine"], b["engine"]) == (True, False)
     (ma,), (mb,) = a["history"], b["history"]
     assert ma["rollout/logprob_abs_diff_max"] < 1e-4 and ma["reward/all/count"] == mb["reward/all/count"] == 4

@@ -50,7 +50,7 @@ _NCCL = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
 @pytest.mark.parametrize("device", ["cpu", _NCCL])
 def test_receivers_get_every_tensor_bit_exact_in_order(device):
     world = 3 if device == "cpu" else 2
-    sender, *receivers = run_distributed(_rank_fn, world_size=world, timeout=120, device=device)
+    sender, *receivers = run_distributed(_rank_fn, world_size=world, timeout=300, device=device)
     expected = [nt for bucket in _buckets() for nt in bucket]
     assert sender["sent"] == sum(t.nbytes for _, t in expected)
     for r in receivers:
@@ -61,7 +61,7 @@ def test_receivers_get_every_tensor_bit_exact_in_order(device):
 
 @pytest.mark.parametrize("fail_after", [0, 2])
 def test_a_failing_sender_aborts_the_receivers(fail_after):
-    sender, *receivers = run_distributed(_rank_fn, world_size=3, timeout=120, fail_after=fail_after)
+    sender, *receivers = run_distributed(_rank_fn, world_size=3, timeout=300, fail_after=fail_after)
     assert sender == {"error": "gather failed"}
     for r in receivers:
         assert r["aborted"] and len(r["received"]) == (0 if fail_after == 0 else 2)

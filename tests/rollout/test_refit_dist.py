@@ -42,7 +42,7 @@ def _rank_fn(rank, hf_dir):
 def test_refit_tp2_and_pp2_match_megatron(tiny_dirs):
     from dist_utils import run_distributed
 
-    r0, r1 = run_distributed(_rank_fn, world_size=2, timeout=600, hf_dir=tiny_dirs[FAMILY])
+    r0, r1 = run_distributed(_rank_fn, world_size=2, timeout=1200, hf_dir=tiny_dirs[FAMILY])
     for layout in ((2, 1), (1, 2)):
         # TP2: both ranks are the last stage; PP2: rank 1 is
         ref = r0[layout]["megatron"] if layout == (2, 1) else r1[layout]["megatron"]

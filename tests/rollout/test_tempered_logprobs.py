@@ -81,7 +81,7 @@ def _rank_fn(rank, hf_dir):
 def test_engine_processed_logprobs_equal_tempered_megatron_at_tp1_and_tp2(tiny_dirs):
     from dist_utils import run_distributed
 
-    r0, r1 = run_distributed(_rank_fn, world_size=2, timeout=900, hf_dir=tiny_dirs[FAMILY])
+    r0, r1 = run_distributed(_rank_fn, world_size=2, timeout=1200, hf_dir=tiny_dirs[FAMILY])
     full, topk = r0["engine"]
     mask = torch.zeros_like(full, dtype=torch.bool)
     for i, n in enumerate(r0["lengths"][0]):

@@ -146,7 +146,7 @@ def _shard_worker(rank, valid, chunks, temperature=1.0):
                          ids=["rank1_all_padding", "rank1_part_padding", "tempered"])
 def test_two_shards_on_gloo_match_full_vocab(valid, temperature):
     chunks = [None, 2, 4, 7]
-    results = run_distributed(_shard_worker, world_size=2, timeout=120, valid=valid, chunks=chunks,
+    results = run_distributed(_shard_worker, world_size=2, timeout=300, valid=valid, chunks=chunks,
                               temperature=temperature)
     logits, labels, w_lp, w_h, _ = _inputs(seed=1, v_padded=32, valid=valid)
     rlogp, rent, rgrad = _reference_grad(logits, labels, w_lp, w_h, valid, temperature)

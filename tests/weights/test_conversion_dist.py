@@ -59,7 +59,7 @@ def test_hf_to_megatron_matches_transformers(tiny_dirs, tmp_path):
         ckpts[fam] = str(tmp_path / fam)
         convert_hf_to_megatron(tiny_dirs[fam], ckpts[fam], tp=2, dtype="fp32")  # saved at TP2, loaded anywhere
     tokens = torch.randint(3, 1000, (4, 24), generator=torch.Generator().manual_seed(5))
-    per_rank = run_distributed(_rank_fn, world_size=2, timeout=600, hf_dirs=dict(tiny_dirs), ckpt_dirs=ckpts, tokens=tokens)
+    per_rank = run_distributed(_rank_fn, world_size=2, timeout=1200, hf_dirs=dict(tiny_dirs), ckpt_dirs=ckpts, tokens=tokens)
     results = {**per_rank[0], **per_rank[1]}
     assert len(results) == len(LAYOUTS) * len(FAMILIES) * 2
     for fam in FAMILIES:

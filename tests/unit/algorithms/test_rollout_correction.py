@@ -114,7 +114,7 @@ def test_dp2_equals_one_process():
                               global_num_seqs=float(mask.any(1).sum()), **KNOBS)
     single = reduce_correction_metrics(m, None)
     assert 0 < single["rollout_corr/token_masked_frac"] < 1 and single["rollout_corr/tis_clipped_frac"] > 0
-    r0, r1 = run_distributed(_rank_fn, world_size=2, timeout=120)
+    r0, r1 = run_distributed(_rank_fn, world_size=2, timeout=300)
     torch.testing.assert_close(torch.cat([r0["w"], r1["w"]]), w, atol=1e-12, rtol=0)
     for r in (r0, r1):
         assert r["metrics"].keys() == single.keys()
