@@ -26,7 +26,7 @@ from megatron_mcpo.data.run_prompts import PromptFitter, read_prompts
 from megatron_mcpo.distributed import ParallelGroups
 from megatron_mcpo.metrics_log import MetricsLogger
 from megatron_mcpo.progress import phase
-from megatron_mcpo.rollout.collect import EVAL_SEED_OFFSET, gather_lists, generate, length_metrics, sampling_seed, score
+from megatron_mcpo.rollout.collect import EVAL_SEED_OFFSET, gather_lists, generate, length_metrics, sampling_seed, score_answers
 from megatron_mcpo.training.checkpoint import load_checkpoint, save_checkpoint
 from megatron_mcpo.training.ckpt_files import LATEST, check_run_info, model_identity, resume_source
 from megatron_mcpo.training.dynamic_sampling import dynamic_sampling_rounds
@@ -221,7 +221,7 @@ class Trainer:
         if not score:
             return rollouts, None
         tic = time.perf_counter()
-        scored = score(self.scorer, answers, errors="zero")
+        scored = score_answers(self.scorer, answers, errors="zero")
         self._reward_seconds += time.perf_counter() - tic
         results = [a.result for group in scored for a in group]
         self._note_scorer_errors(results)

@@ -41,7 +41,7 @@ def generate(engine: RolloutEngine, records: list[dict], sampling: SamplingSpec,
     return [[Scored(rec, s, None) for s in group] for rec, group in zip(records, groups)]
 
 
-def score(scorer, answers: list[list[Scored]], errors: str = "raise") -> list[list[Scored]]:
+def score_answers(scorer, answers: list[list[Scored]], errors: str = "raise") -> list[list[Scored]]:
     """`answers` with the verifier's results, scored in one batch by `scorer`; `errors` as
     RewardScorer.score_batch ("zero" in training: an item the scorer fails on scores 0 and its result
     carries "error")."""
@@ -52,9 +52,9 @@ def score(scorer, answers: list[list[Scored]], errors: str = "raise") -> list[li
 
 def generate_and_score(engine: RolloutEngine, scorer, records: list[dict], sampling: SamplingSpec,
                        seed: Optional[int], errors: str = "raise") -> list[list[Scored]]:
-    """`generate`, then `score` unless `scorer` is None (an engine worker that is not its engine's leader)."""
+    """`generate`, then `score_answers` unless `scorer` is None (an engine worker that is not its engine's leader)."""
     answers = generate(engine, records, sampling, seed)
-    return score(scorer, answers, errors) if scorer is not None else answers
+    return score_answers(scorer, answers, errors) if scorer is not None else answers
 
 
 def gather_lists(local: list, group, size: int) -> list:
