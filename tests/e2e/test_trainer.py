@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 OVERRIDES = [
     "rollout.n=4", "rollout.max_response_length=32", "algorithm.train_batch_prompts=5",
     "algorithm.mini_batch_prompts=5", "parallel.micro_batch_size=4", "mcpo.warmup_batches=1",
-    "eval.before_train=false", "eval.every=0",
+    "eval.before_train=false", "eval.every=0", "eval.n=1", "eval.temperature=0.0",
 ]
 
 
