@@ -35,9 +35,9 @@ def _parser() -> argparse.ArgumentParser:
         if name == "validate":
             p.add_argument("--world-size", type=int, default=None)
         if name == "demo":
-            p.add_argument("--sft-steps", type=int, default=40, help="supervised warm-start steps before RL")
-            p.add_argument("--sft-lr", type=float, default=1e-3, help="warm-start learning rate")
-            p.add_argument("--sft-batch", type=int, default=16, help="warm-start sequences per step")
+            p.add_argument("--sft-steps", type=int, default=120, help="supervised warm-start steps before RL")
+            p.add_argument("--sft-lr", type=float, default=2e-3, help="warm-start learning rate")
+            p.add_argument("--sft-batch", type=int, default=20, help="warm-start sequences per step")
         if name == "embed":
             p.add_argument("--out", default="outputs/plots", help="output directory for the PNG")
     return ap
