@@ -145,6 +145,7 @@ def main() -> None:
     text = markdown(table, runs)
     print(text)
     png = os.path.splitext(args.out)[0] + ".png"
+    os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
     plot(runs, png)
     curves = {a: [{k: [m[k] for m in h if k in m] for k in MCPO_CURVES} for h in hs] for a, hs in runs.items()}
     write_result(args.out, {
