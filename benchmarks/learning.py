@@ -8,6 +8,7 @@ metrics over training, and a PNG of the curves. A benchmark, never a test: ~5–
 
   python benchmarks/learning.py                       # grpo, mcpo_grpo × seeds 1 2 3
   python benchmarks/learning.py --algorithms grpo mcpo_grpo dapo mcpo_dapo --seeds 1 2 3
+  python benchmarks/learning.py --set run.total_steps=24          # any demo setting, for every run
 """
 from __future__ import annotations
 
@@ -20,30 +21,40 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import write_result  # noqa: E402
+from common import machine_info, write_result  # noqa: E402
 
 from megatron_mcpo.demo import held_out_change  # noqa: E402
 
 MCPO_CURVES = ("mcpo/pos_ratio", "mcpo/loss_cross", "mcpo/loss_in", "mcpo/mean_cross_weight", "mcpo/pos_neg_margin")
 
 
-def run_one(algorithm: str, seed: int, args, out_dir: str) -> list[dict]:
+def run_one(algorithm: str, seed: int, args, out_dir: str) -> tuple[list[dict], dict]:
+    """One `mcpo demo` run (the demo config's settings unless overridden); its metric history and timing.
+    With --reuse, a finished run's log (and timing) in out_dir is read instead of running it again."""
     name = f"{algorithm}_seed{seed}"
-    log = os.path.join(out_dir, f"{name}.jsonl")
-    if os.path.exists(log):
-        os.remove(log)
-    cmd = [sys.executable, "-m", "megatron_mcpo", "demo", "--sft-steps", str(args.sft_steps),
-           "--set", f"algorithm.name={algorithm}", "--set", f"run.name={name}", "--set", f"run.seed={seed}",
-           "--set", f"rollout.seed={seed}", "--set", f"data.seed={1000 + seed}",
-           "--set", f"run.total_steps={args.steps}", "--set", f"eval.every={args.eval_every}",
-           "--set", f"eval.prompts_per_domain={args.eval_prompts}", "--set", "eval.before_train=true",
-           "--set", f"logging.log_dir={out_dir}", "--set", f"run.output_dir={out_dir}",
-           *[x for kv in args.set for x in ("--set", kv)]]
-    tic = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    print(f"{name}: {time.perf_counter() - tic:.0f} s", flush=True)
+    log, timing_path = os.path.join(out_dir, f"{name}.jsonl"), os.path.join(out_dir, f"{name}.timing.json")
+    if args.reuse and os.path.exists(timing_path):
+        with open(timing_path) as f:
+            timing = json.load(f)
+    else:
+        if os.path.exists(log):
+            os.remove(log)
+        cmd = [sys.executable, "-m", "megatron_mcpo", "demo", "--quiet",
+               *(["--sft-steps", str(args.sft_steps)] if args.sft_steps is not None else []),
+               "--set", f"algorithm.name={algorithm}", "--set", f"run.name={name}", "--set", f"run.seed={seed}",
+               "--set", f"rollout.seed={seed}", "--set", f"data.seed={1000 + seed}",
+               "--set", f"logging.log_dir={out_dir}", "--set", f"run.output_dir={os.path.join(out_dir, name)}",
+               *[x for kv in args.set for x in ("--set", kv)]]
+        load = os.getloadavg()[0]
+        tic = time.perf_counter()
+        subprocess.run(cmd, check=True)
+        timing = {"seconds": round(time.perf_counter() - tic, 1), "loadavg_1min_before": round(load, 2),
+                  "loadavg_1min_after": round(os.getloadavg()[0], 2)}
+        with open(timing_path, "w") as f:
+            json.dump(timing, f)
+    print(f"{name}: {timing}", flush=True)
     with open(log) as f:
-        return [json.loads(line) for line in f]
+        return [json.loads(line) for line in f], timing
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -63,13 +74,33 @@ def summarize(runs: dict[str, list[list[dict]]]) -> dict:
     return table
 
 
-def markdown(table: dict) -> str:
+def markdown(table: dict, runs: dict[str, list[list[dict]]]) -> str:
+    """Held-out accuracy per domain before/after RL (mean ± sd over seeds), each seed's overall change, and
+    the MCPO metrics averaged over each run's steps (mean ± sd over seeds)."""
     domains = list(next(iter(table.values())))
-    rows = ["| algorithm | " + " | ".join(domains) + " |", "|---" * (len(domains) + 1) + "|"]
+    rows = ["| algorithm | | " + " | ".join(domains) + " |", "|---" * (len(domains) + 2) + "|"]
     for algorithm, per in table.items():
-        cells = [f"{per[d]['after'][0]:.3f} ± {per[d]['after'][1]:.3f} ({per[d]['change'][0]:+.3f})" for d in domains]
-        rows.append(f"| {algorithm} | " + " | ".join(cells) + " |")
-    return "\n".join(rows) + "\n\nheld-out accuracy after RL, mean ± sd over seeds (change from the post-warm-start evaluation)"
+        for when in ("before", "after"):
+            cells = [f"{per[d][when][0]:.3f} ± {per[d][when][1]:.3f}" for d in domains]
+            rows.append(f"| {algorithm} | {when} RL | " + " | ".join(cells) + " |")
+        cells = [f"{per[d]['change'][0]:+.3f} ± {per[d]['change'][1]:.3f}" for d in domains]
+        rows.append(f"| {algorithm} | change | " + " | ".join(cells) + " |")
+    out = ["held-out accuracy per domain, mean ± sd over seeds (before: after the supervised warm start)", "",
+           *rows, "", "overall held-out accuracy per seed, before → after RL:", ""]
+    for algorithm, histories in runs.items():
+        out.append(f"- {algorithm}: " + ", ".join(f"{a:.3f} → {b:.3f}" for a, b in
+                                                   (held_out_change(h)["all"] for h in histories)))
+    mcpo = {a: hs for a, hs in runs.items() if any(k in m for h in hs for m in h for k in MCPO_CURVES)}
+    if mcpo:
+        out += ["", "MCPO metrics, mean over a run's RL steps, mean ± sd over seeds:", "",
+                "| algorithm | " + " | ".join(MCPO_CURVES) + " |", "|---" * (len(MCPO_CURVES) + 1) + "|"]
+        for algorithm, histories in mcpo.items():
+            cells = []
+            for key in MCPO_CURVES:
+                per_run = [statistics.fmean(v) for v in ([m[key] for m in h if key in m] for h in histories) if v]
+                cells.append("{:.3f} ± {:.3f}".format(*mean_sd(per_run)) if per_run else "—")
+            out.append(f"| {algorithm} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
 
 
 def plot(runs: dict[str, list[list[dict]]], path: str) -> None:
@@ -99,27 +130,34 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--algorithms", nargs="+", default=["grpo", "mcpo_grpo"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--eval-every", type=int, default=2)
-    ap.add_argument("--eval-prompts", type=int, default=40, help="held-out prompts per domain")
-    ap.add_argument("--sft-steps", type=int, default=150)
+    ap.add_argument("--sft-steps", type=int, default=None, help="warm-start steps (default: the demo's)")
+    ap.add_argument("--reuse", action="store_true", help="read finished runs' logs from --work-dir instead of rerunning")
     ap.add_argument("--set", action="append", default=[], metavar="A.B=C", help="override for every run")
     ap.add_argument("--work-dir", default="outputs/learning")
     ap.add_argument("--out", default="benchmarks/results/learning_cpu.json")
     args = ap.parse_args()
     os.makedirs(args.work_dir, exist_ok=True)
     tic = time.perf_counter()
-    runs = {a: [run_one(a, s, args, args.work_dir) for s in args.seeds] for a in args.algorithms}
+    done = {a: [run_one(a, s, args, args.work_dir) for s in args.seeds] for a in args.algorithms}
+    runs = {a: [h for h, _ in rs] for a, rs in done.items()}
+    timings = {a: [t for _, t in rs] for a, rs in done.items()}
     table = summarize(runs)
-    print(markdown(table))
+    text = markdown(table, runs)
+    print(text)
     png = os.path.splitext(args.out)[0] + ".png"
+    os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
     plot(runs, png)
     curves = {a: [{k: [m[k] for m in h if k in m] for k in MCPO_CURVES} for h in hs] for a, hs in runs.items()}
     write_result(args.out, {
         "benchmark": "learning", "settings": vars(args), "seconds": round(time.perf_counter() - tic),
-        "held_out": table, "markdown": markdown(table), "mcpo_metrics": curves, "png": png,
+        "run_timings": timings, "held_out": table, "markdown": text, "mcpo_metrics": curves, "png": png,
     })
-
+    machine = machine_info()
+    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+        f.write(f"# Held-out learning: {' vs '.join(args.algorithms)}, seeds {args.seeds}\n\n"
+                f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB; torch "
+                f"{machine['torch']}, {machine['torch_threads']} threads. Shared machine: 1-min load average per run "
+                f"(before/after) and wall seconds: {json.dumps(timings)}\n\n{text}\n\n![curves]({os.path.basename(png)})\n")
 
 if __name__ == "__main__":
     main()

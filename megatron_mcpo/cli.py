@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from megatron_mcpo.config import ConfigError, load_config, validate
 
@@ -34,7 +35,9 @@ def _parser() -> argparse.ArgumentParser:
         if name == "validate":
             p.add_argument("--world-size", type=int, default=None)
         if name == "demo":
-            p.add_argument("--sft-steps", type=int, default=150, help="supervised warm-start steps before RL")
+            p.add_argument("--sft-steps", type=int, default=120, help="supervised warm-start steps before RL")
+            p.add_argument("--sft-lr", type=float, default=2e-3, help="warm-start learning rate")
+            p.add_argument("--sft-batch", type=int, default=20, help="warm-start sequences per step")
         if name == "embed":
             p.add_argument("--out", default="outputs/plots", help="output directory for the PNG")
     return ap
@@ -97,8 +100,10 @@ def main(argv=None) -> int:
         if args.command == "demo" and args.sft_steps > 0:
             from megatron_mcpo.demo import sft_warm_start
 
-            nll = sft_warm_start(trainer, args.sft_steps)
-            print(f"supervised warm start: {args.sft_steps} steps, NLL {nll[0]:.3f} -> {nll[-1]:.3f}", flush=True)
+            tic = time.perf_counter()
+            nll = sft_warm_start(trainer, args.sft_steps, batch_size=args.sft_batch, lr=args.sft_lr)
+            print(f"supervised warm start: {args.sft_steps} steps of {args.sft_batch} in {time.perf_counter() - tic:.0f} s,"
+                  f" NLL {nll[0]:.3f} -> {nll[-1]:.3f}", flush=True)
         history = trainer.train()
     except TrainingInterrupted as e:
         print(str(e), file=sys.stderr, flush=True)
@@ -116,7 +121,7 @@ def main(argv=None) -> int:
         last = history[-1]
         print("final:", " ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float) and "/" not in k))
         if args.command == "demo":
-            from megatron_mcpo.demo import held_out_table
+            from megatron_mcpo.demo import demo_report
 
-            print(held_out_table(history), flush=True)
+            print(demo_report(cfg, history), flush=True)
     return 0

@@ -7,7 +7,9 @@ rollout engine, and then runs the RL loop. The warm-up does not count towards th
 """
 from __future__ import annotations
 
+import os
 import random
+from typing import Optional
 
 import torch
 
@@ -31,8 +33,9 @@ def _sft_batch(tokenizer, records, seq_multiple: int = 8) -> dict:
     return {"tokens": tokens, "response_mask": mask}
 
 
-def sft_warm_start(trainer, steps: int, batch_size: int = 20, seed: int = 0) -> list[float]:
-    """`steps` supervised updates on reference answers, then a refit. Returns the NLL per step."""
+def sft_warm_start(trainer, steps: int, batch_size: int = 20, seed: int = 0, lr: Optional[float] = None) -> list[float]:
+    """`steps` supervised updates on reference answers at learning rate `lr` (default: optimizer.lr), then a
+    refit. The RL run's step counter and LR schedule start afterwards as if untouched. Returns the NLL per step."""
     from transformers import AutoTokenizer
 
     g = trainer.groups
@@ -41,9 +44,10 @@ def sft_warm_start(trainer, steps: int, batch_size: int = 20, seed: int = 0) -> 
     if not records:
         raise ValueError("demo: the prompt records carry no extra_info.reference answers to warm up on")
     rng = random.Random(seed)
-    step_before = trainer.state.step
+    state = trainer.state
+    step_before, schedule_before = state.step, state.scheduler.num_steps
     # Supervised NLL of the plain model (T = 1), not of the rollout-tempered distribution the RL losses use.
-    temperature, trainer.state.policy.temperature = trainer.state.policy.temperature, 1.0
+    temperature, state.policy.temperature = state.policy.temperature, 1.0
     per_rank = batch_size // g.dp_size
     losses = []
     for _ in range(steps):
@@ -57,9 +61,13 @@ def sft_warm_start(trainer, steps: int, batch_size: int = 20, seed: int = 0) -> 
 
         mbs = trainer.cfg.parallel.micro_batch_size
         local_mbs = mbs if per_rank % mbs == 0 else per_rank
-        losses.append(train_step(trainer.state, split_microbatches(local, local_mbs), nll)["nll"])
-    trainer.state.step = step_before
-    trainer.state.policy.temperature = temperature
+        if lr is not None:
+            for group in state.optimizer.param_groups:
+                group["lr"] = lr
+        losses.append(train_step(state, split_microbatches(local, local_mbs), nll)["nll"])
+    state.step, state.scheduler.num_steps = step_before, schedule_before
+    state.scheduler.step(increment=0)  # back to the RL schedule's LR
+    state.policy.temperature = temperature
     trainer.refit()
     return losses
 
@@ -74,14 +82,29 @@ def held_out_change(history: list[dict]) -> dict[str, tuple[float, float]]:
     return {d: (first[f"eval/{d}/acc"], last[f"eval/{d}/acc"]) for d in [*domains, "all"] if f"eval/{d}/acc" in last}
 
 
-def held_out_table(history: list[dict]) -> str:
-    """The per-domain held-out accuracy before → after RL as a markdown table ('' without evaluations)."""
+def held_out_table(history: list[dict], samples: int = 1, temperature: float = 0.0) -> str:
+    """The per-domain held-out accuracy before → after RL as a markdown table ('' without evaluations);
+    `samples` answers per prompt at `temperature` (0 = greedy), as evaluated, named in the header."""
     change = held_out_change(history)
     if not change:
         return ""
     evals = [m for m in history if "eval/all/acc" in m]
-    counts = {d: int(evals[-1].get(f"eval/{d}/count", 0)) for d in change}
-    rows = [f"| held-out acc (step {int(evals[0]['step'])} → {int(evals[-1]['step'])}) | before | after | change | n |",
-            "|---|---|---|---|---|"]
-    rows += [f"| {d} | {a:.3f} | {b:.3f} | {b - a:+.3f} | {counts[d]} |" for d, (a, b) in change.items()]
+    prompts = {d: int(evals[-1].get(f"eval/{d}/count", 0)) // samples for d in change}
+    how = "greedy" if temperature == 0 else f"{samples} sample{'s' * (samples > 1)}/prompt at T={temperature:g}"
+    rows = [f"| held-out acc (step {int(evals[0]['step'])} → {int(evals[-1]['step'])}; {how}) | before | after | change"
+            " | prompts |", "|---|---|---|---|---|"]
+    rows += [f"| {d} | {a:.3f} | {b:.3f} | {b - a:+.3f} | {prompts[d]} |" for d, (a, b) in change.items()]
     return "\n".join(rows)
+
+
+def demo_report(cfg, history: list[dict]) -> str:
+    """The held-out table and the path of the curves PNG (train reward/accuracy, held-out accuracy per
+    domain), drawn from the run's metrics log into <run.output_dir>/plots."""
+    from megatron_mcpo.plots import plot_log
+
+    lines = [held_out_table(history, cfg.eval.n, cfg.eval.temperature)]
+    log = os.path.join(cfg.logging.log_dir, f"{cfg.run.name}.jsonl")
+    if "jsonl" in cfg.logging.backends and os.path.isfile(log):
+        written = plot_log(log, os.path.join(cfg.run.output_dir, "plots"))
+        lines += [f"curves: {path}" for path in written if path.endswith(("rewards.png", "mcpo.png"))]
+    return "\n".join(lines)

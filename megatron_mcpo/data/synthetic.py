@@ -49,41 +49,24 @@ def _boxed(why: str, answer) -> str:
 
 
 def _math_families() -> dict[str, tuple[Callable, Callable]]:
-    def frac(p):
-        a, b, k = p
-        return _item(f"Simplify the fraction {a * k}/{b * k}.", f"\\frac{{{a}}}{{{b}}}",
-                     _boxed(f"divide both by {k}", f"\\frac{{{a}}}{{{b}}}"))
-
-    def coprime_pair(r):
-        while True:
-            a, b = r.randint(1, 19), r.randint(2, 20)
-            if a < b and _gcd(a, b) == 1:
-                return a, b, r.randint(2, 9)
+    # Place-value families (the answer's digits are read off the question: learnable by a tiny model and
+    # transferable to held-out numbers) next to ones that need real arithmetic (add, mod).
+    def arith(question: str, answer: Callable, why: str):
+        return lambda p: _item(question.format(*p), str(answer(*p)), _boxed(why.format(*p, answer(*p)), answer(*p)))
 
     return {
+        "place": (lambda r: (r.randint(1, 99), r.randint(10, 99)),
+                  arith("What is {0}00 + {1}?", lambda a, b: a * 100 + b, "{0}00 + {1} = {2}")),
+        "times10": (lambda r: (r.randint(11, 999),), arith("What is {0} * 10?", lambda a: a * 10, "{0} * 10 = {1}")),
+        "div100": (lambda r: (r.randint(11, 999),), arith("What is {0}00 / 100?", lambda a: a, "{0}00 / 100 = {1}")),
+        "largest": (lambda r: tuple(r.sample(range(10, 100), 3)),
+                    arith("Which is the largest of {0}, {1} and {2}?", lambda *x: max(x), "the largest is {3}")),
         "add": (lambda r: (r.randint(10, 99), r.randint(10, 99)),
-                lambda p: _item(f"What is {p[0]} + {p[1]}?", str(p[0] + p[1]),
-                                _boxed(f"{p[0]} + {p[1]} = {p[0] + p[1]}", p[0] + p[1]))),
-        "sub": (lambda r: (lambda a: (a, r.randint(2, a - 1)))(r.randint(20, 99)),
-                lambda p: _item(f"What is {p[0]} - {p[1]}?", str(p[0] - p[1]),
-                                _boxed(f"{p[0]} - {p[1]} = {p[0] - p[1]}", p[0] - p[1]))),
-        "mul": (lambda r: (r.randint(2, 19), r.randint(2, 19)),
-                lambda p: _item(f"What is {p[0]} * {p[1]}?", str(p[0] * p[1]),
-                                _boxed(f"{p[0]} * {p[1]} = {p[0] * p[1]}", p[0] * p[1]))),
-        "frac": (coprime_pair, frac),
-        "linear": (lambda r: (r.randint(2, 9), r.randint(1, 20), r.randint(1, 30)),
-                   lambda p: _item(f"Solve for x: {p[0]}x + {p[2]} = {p[0] * p[1] + p[2]}.", str(p[1]),
-                                   _boxed(f"{p[0]}x = {p[0] * p[1]}, x = {p[1]}", p[1]))),
+                arith("What is {0} + {1}?", lambda a, b: a + b, "{0} + {1} = {2}")),
         "mod": (lambda r: (r.randint(10, 199), r.randint(2, 9)),
-                lambda p: _item(f"What is the remainder when {p[0]} is divided by {p[1]}?", str(p[0] % p[1]),
-                                _boxed(f"{p[0]} = {p[1]} * {p[0] // p[1]} + {p[0] % p[1]}", p[0] % p[1]))),
+                arith("What is the remainder when {0} is divided by {1}?", lambda a, b: a % b,
+                      "{0} mod {1} = {2}")),
     }
-
-
-def _gcd(a: int, b: int) -> int:
-    while b:
-        a, b = b, a % b
-    return a
 
 
 # ------------------------------------------------------------------------------------------------ code
@@ -169,9 +152,11 @@ def _science_families() -> dict[str, tuple[Callable, Callable]]:
     return {
         "symbol": fact(_ELEMENTS, "What is the chemical symbol of {}?", "the symbol of {} is {}"),
         "unit": fact(_UNITS, "What is the SI unit of {}?", "{} is measured in {}s"),
-        "distance": formula("A cart moves at {0} m/s for {1} s. How far does it travel?", "m",
-                            "d = v * t = {0} * {1} = {2}", lambda x, y: x * y,
-                            lambda x, y: (x + y, x * y + x, x * y - y, x * (y + 2), x * y + 10), ((2, 30), (2, 12))),
+        # read off the question (x followed by zeros): learnable, so it transfers to held-out values
+        "convert": formula("How many grams are in {0}.{1} kg?", "g", "{0}.{1} kg = {2} g",
+                           lambda x, y: x * 1000 + y * 100, lambda x, y: (x * 100 + y * 10, x * 1000 + y * 10, x + y,
+                                                                          x * 10000 + y * 1000, y * 1000 + x * 100),
+                           ((1, 99), (1, 9))),
         "ohm": formula("A {0} ohm resistor carries a current of {1} A. What is the voltage across it?", "V",
                        "V = I * R = {1} * {0} = {2}", lambda x, y: x * y,
                        lambda x, y: (x + y, x * y + y, x * y * 2, x * y + x + 1, x * y + 5), ((2, 40), (2, 9))),

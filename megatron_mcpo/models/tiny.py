@@ -11,6 +11,9 @@ import os
 from typing import Optional
 
 from megatron_mcpo.models.families import FAMILIES, TINY_VOCAB_SIZE, tiny_hf_config
+from megatron_mcpo.data.prompts import SYSTEM_PROMPTS
+
+TOKENIZER_VERSION = 2  # in the cache directory's name: a changed corpus never meets a stale cached tokenizer
 
 _CORPUS = [
     "Solve the problem step by step and put the final answer in \\boxed{}.",
@@ -24,6 +27,11 @@ _CORPUS = [
     "Compare the two responses for safety. Better response: 1. The first response refuses politely.",
     "The quick brown fox jumps over the lazy dog. 0123456789 ()[]{}<>+-*/=_,.;:!?'\"#%&|^~`@$",
     "Science, physics, chemistry, biology: energy, mass, velocity, reaction, molecule, cell, gene.",
+    "Find the current weather in Oslo.\nAvailable tools: get_weather(city: str, unit: str), convert_currency(amount: "
+    "int, source: str, target: str), set_timer(minutes: int), search(query: str).\nAnswer with one tool call as:\n"
+    "Action: <tool name>\nAction Input: <JSON arguments>",
+    # The domains' instructions: merged into few tokens, they leave the prompts ~40% shorter (CPU time).
+    *SYSTEM_PROMPTS.values(),
 ]
 
 
@@ -73,7 +81,7 @@ def build_tiny_hf_checkpoint(
 def tiny_checkpoint_dir(family: str, root: Optional[str] = None, seed: int = 0) -> str:
     """Build (once) and return a cached tiny checkpoint directory for `family`."""
     root = root or os.environ.get("MCPO_TINY_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "megatron_mcpo"))
-    out = os.path.join(root, f"tiny-{family}-s{seed}")
+    out = os.path.join(root, f"tiny-{family}-v{TOKENIZER_VERSION}-s{seed}")
     if not os.path.isfile(os.path.join(out, "model.safetensors")):
         tmp = f"{out}.tmp{os.getpid()}"
         build_tiny_hf_checkpoint(family, tmp, seed=seed)

@@ -44,6 +44,7 @@ def _run(rank, out):
         "run.device=cuda", "rollout.engine=hf", "rollout.placement=colocated", "rollout.sleep_level=1",
         "rollout.offload_grad_buffers=true", "rollout.offload_optimizer_states=true", "rollout.n=4",
         "rollout.max_response_length=16", "algorithm.train_batch_prompts=4", "algorithm.mini_batch_prompts=4",
+        "parallel.micro_batch_size=4",
         "eval.before_train=false", "eval.every=0", "run.total_steps=3", f"run.output_dir={out}",
         f"logging.log_dir={out}/logs"])
     trainer = build_trainer(validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1"))))

@@ -48,7 +48,7 @@ def _cases(tmp):
         "batch not divisible by DP": (["algorithm.train_batch_prompts=9", "algorithm.mini_batch_prompts=3",
                                        "rollout.n=2", "parallel.micro_batch_size=3"], None, 2,
                                       "algorithm.train_batch_prompts: 9 is not divisible by the data-parallel size 2"),
-        "eval.n>1 greedy": (["eval.n=2"], None, 1, "eval.n: 2 samples per prompt need eval.temperature > 0"),
+        "eval.n>1 greedy": (["eval.n=2", "eval.temperature=0"], None, 1, "eval.n: 2 samples per prompt need eval.temperature > 0"),
         "greedy rollouts": (["rollout.temperature=0"], None, 1, "rollout.temperature: must be > 0, got 0.0"),
         "no response tokens": (["rollout.max_response_length=0", "eval.max_response_length=null"], None, 1,
                                "rollout.max_response_length: must be >= 1"),
@@ -105,7 +105,7 @@ def test_save_dir_of_another_run_is_not_overwritten(tmp_path, capsys):
 def test_train_command_end_to_end(tmp_path):
     """The installed entry point: exit code 2 and one line, from a fresh interpreter."""
     r = subprocess.run([sys.executable, "-m", "megatron_mcpo", "train", "--config", CONFIG, "--set", "eval.n=4",
-                        "--set", f"checkpoint.save_dir={tmp_path}/save"], capture_output=True, text=True, timeout=300,
+                        "--set", "eval.temperature=0", "--set", f"checkpoint.save_dir={tmp_path}/save"], capture_output=True, text=True, timeout=300,
                        cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "config error: eval.n: 4 samples per prompt need eval.temperature > 0 (0 is greedy: every sample would be the same)"]

@@ -111,6 +111,9 @@ def test_demo_table_compares_the_first_and_last_held_out_evaluation():
     ]
     assert held_out_change(history) == {"code": (0.3, 0.4), "math": (0.5, 0.7), "all": (0.4, 0.55)}
     table = held_out_table(history).splitlines()
-    assert table[0].startswith("| held-out acc (step 0 → 2)") and table[2] == "| code | 0.300 | 0.400 | +0.100 | 10 |"
+    assert table[0].startswith("| held-out acc (step 0 → 2; greedy)") and table[2] == "| code | 0.300 | 0.400 | +0.100 | 10 |"
     assert table[-1] == "| all | 0.400 | 0.550 | +0.150 | 20 |"
+    # sampled evaluation: the header says how, the last column counts prompts (count / samples)
+    table = held_out_table(history, samples=2, temperature=0.8).splitlines()
+    assert "2 samples/prompt at T=0.8" in table[0] and table[-1] == "| all | 0.400 | 0.550 | +0.150 | 10 |"
     assert held_out_table(history[1:2]) == ""
