@@ -108,7 +108,8 @@ def build_ours(model_dir: str, prompts: list, engine: str, steps: int, out_dir: 
             f.write(json.dumps({"prompt": p, "data_source": "math", "reward_model": {"ground_truth": "42"}}) + "\n")
     t0 = time.perf_counter()
     from megatron_mcpo.build import build_trainer
-    from megatron_mcpo.config import load_config, validate
+    from megatron_mcpo.config import load_config
+    from megatron_mcpo.validation import validate
 
     cfg = load_config("examples/configs/tiny_cpu.yaml", [
         f"model.hf_path={model_dir}", f"rollout.engine={engine}", f"rollout.n={N}", "rollout.temperature=1.0",

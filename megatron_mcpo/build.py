@@ -3,7 +3,7 @@ metrics log, model and its starting weights, the KL reference, the MCPO projecto
 engine from the factory, the reward scorer, colocated memory, the prompt data) and hands them to the
 Trainer, which then resumes from a checkpoint if checkpoint.resume says so.
 
-The config must be validated already (`config.validate`, which the CLI runs before anything else): the
+The config must be validated already (`validation.validate`, which the CLI runs before anything else): the
 build checks nothing twice, and the data files validate's preflight parsed are not parsed again
 (data/formats.py). The training prompts are read before the model is built and fitted to the engine
 once it exists.

@@ -16,7 +16,8 @@ import os
 import sys
 import time
 
-from megatron_mcpo.config import ConfigError, load_config, validate
+from megatron_mcpo.config import ConfigError, load_config
+from megatron_mcpo.validation import validate
 
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "configs", "tiny_cpu.yaml")
 

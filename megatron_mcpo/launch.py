@@ -18,7 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from megatron_mcpo.config import ConfigError, load_config, resolve_device, validate
+from megatron_mcpo.config import ConfigError, load_config, resolve_device
+from megatron_mcpo.validation import validate
 from megatron_mcpo.rollout.placement import resolve_placement
 
 

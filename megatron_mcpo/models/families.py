@@ -1,6 +1,6 @@
 """The supported model families, one `Family` entry each: everything that differs between them.
 
-Torch-free and importing nothing of the package, so `config.validate()` (and the launcher, which runs where
+Torch-free and importing nothing of the package, so `validation.validate()` (and the launcher, which runs where
 torch may be absent) can read it. The modules that act on it: models/provider.py (the TransformerConfig
 overrides), weights/hf_mapping.py (the HF <-> Megatron name table and the unsupported config keys) and
 models/tiny.py (builds the tiny checkpoint from the config and tokenizer style here). A new Llama-like

@@ -56,7 +56,8 @@ def test_resume_continues_the_run_and_exports(tiny_run):
 
 
 def _run_dp2(rank, out):
-    from megatron_mcpo.config import load_config, validate
+    from megatron_mcpo.config import load_config
+    from megatron_mcpo.validation import validate
     from megatron_mcpo.build import build_trainer
 
     cfg = load_config("examples/configs/tiny_cpu.yaml", OVERRIDES + [

@@ -18,7 +18,8 @@ OVERRIDES = [
 
 
 def _run(rank, out, total_steps, resume):
-    from megatron_mcpo.config import load_config, validate
+    from megatron_mcpo.config import load_config
+    from megatron_mcpo.validation import validate
     from megatron_mcpo.build import build_trainer
 
     cfg = load_config("examples/configs/tiny_cpu.yaml", OVERRIDES + [
@@ -61,7 +62,8 @@ def test_loop_with_hf_engine_refit_checkpoint_resume(tmp_path):
 
 
 def _run_tp2(rank, out):
-    from megatron_mcpo.config import load_config, validate
+    from megatron_mcpo.config import load_config
+    from megatron_mcpo.validation import validate
     from megatron_mcpo.build import build_trainer
 
     cfg = load_config("examples/configs/tiny_cpu.yaml", OVERRIDES + [

@@ -26,7 +26,8 @@ def run_trainer(rank, out, total_steps, sft_steps=0, resume=False, extra=(), eva
     evaluations; with `outputs`, also the policy's logits of TOKENS, the held-out embedding figure and
     vLLM's log-probs of TOKENS from the exported checkpoint."""
     from megatron_mcpo.build import build_trainer
-    from megatron_mcpo.config import load_config, validate
+    from megatron_mcpo.config import load_config
+    from megatron_mcpo.validation import validate
     from megatron_mcpo.demo import sft_warm_start
 
     cfg = load_config("examples/configs/tiny_cpu.yaml", OVERRIDES + [

@@ -37,7 +37,8 @@ def test_hf_engine_sleep_wake_frees_memory(tiny_dirs):
 
 
 def _run(rank, out):
-    from megatron_mcpo.config import load_config, validate
+    from megatron_mcpo.config import load_config
+    from megatron_mcpo.validation import validate
     from megatron_mcpo.build import build_trainer
 
     cfg = load_config("examples/configs/tiny_cpu.yaml", [

@@ -10,7 +10,8 @@ import math
 import pytest
 import torch
 
-from megatron_mcpo.config import ConfigError, load_config, validate
+from megatron_mcpo.config import ConfigError, load_config
+from megatron_mcpo.validation import validate
 
 ATOL = 1e-10
 SQ, B, NP, NG, HN = 11, 2, 4, 2, 8

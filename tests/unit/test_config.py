@@ -2,7 +2,8 @@
 import pytest
 import torch.distributed as dist
 
-from megatron_mcpo.config import Config, ConfigError, load_config, validate
+from megatron_mcpo.config import Config, ConfigError, load_config
+from megatron_mcpo.validation import validate
 
 
 def _yaml(tmp_path, text):

@@ -5,7 +5,8 @@ torch.cuda.is_available(); every model, optimizer, batch, projector and metric t
 import pytest
 
 from dist_utils import run_distributed
-from megatron_mcpo.config import ConfigError, load_config, resolve_device, validate
+from megatron_mcpo.config import ConfigError, load_config, resolve_device
+from megatron_mcpo.validation import validate
 
 
 def test_resolve_device_once():
@@ -66,7 +67,8 @@ def trainer_pieces(rank, hf_dir, device="cpu", claim_cuda=True):
 
     if claim_cuda:
         torch.cuda.is_available = is_available
-    from megatron_mcpo.config import load_config, read_hf_config, validate
+    from megatron_mcpo.config import load_config, read_hf_config
+    from megatron_mcpo.validation import validate
     from megatron_mcpo.data.batch import Rollout, build_train_batch
     from megatron_mcpo.distributed import init_distributed
     from megatron_mcpo.models.projection import build_projector

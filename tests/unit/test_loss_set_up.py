@@ -6,7 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from megatron_mcpo.config import AlgorithmConfig, ConfigError, MCPOConfig, load_config, validate
+from megatron_mcpo.config import AlgorithmConfig, ConfigError, MCPOConfig, load_config
+from megatron_mcpo.validation import validate
 from megatron_mcpo.models.projection import ProjectionHead, ProjectionTrainer
 from megatron_mcpo.training.losses import policy_loss_from_config
 from megatron_mcpo.training.mcpo_term import GRAD_MODES, ContrastiveTerm, StaleTerm, contrastive_kernel, make_term

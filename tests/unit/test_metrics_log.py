@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from megatron_mcpo.config import ConfigError, load_config, validate
+from megatron_mcpo.config import ConfigError, load_config
+from megatron_mcpo.validation import validate
 from megatron_mcpo.metrics_log import MetricsLogger
 
 SAMPLES = [{"domain": "math", "prompt": "1+1?", "response": "2 | done", "score": 1.0},

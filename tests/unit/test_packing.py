@@ -120,7 +120,8 @@ def test_bad_input_names_the_problem(lengths, kwargs, match):
 
 
 def test_config_rejects_packing_with_context_parallel():
-    from megatron_mcpo.config import ConfigError, load_config, validate
+    from megatron_mcpo.config import ConfigError, load_config
+    from megatron_mcpo.validation import validate
 
     cfg = load_config(overrides=["model.sequence_packing=true", "parallel.cp=2"])
     # refused by the general context-parallel check (packing would also need its own CP sharding)

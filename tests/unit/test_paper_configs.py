@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from megatron_mcpo.config import load_config, validate
+from megatron_mcpo.config import load_config
+from megatron_mcpo.validation import validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PAPER = os.path.join(ROOT, "examples", "paper")

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from megatron_mcpo.config import ConfigError, load_config, validate
+from megatron_mcpo.config import ConfigError, load_config
+from megatron_mcpo.validation import validate
 from megatron_mcpo.data.dataset import record_domain, score_item
 from megatron_mcpo.data.formats import load_parquet, load_records
 

@@ -2,7 +2,8 @@
 layouts validate() refuses (each naming the field)."""
 import pytest
 
-from megatron_mcpo.config import ConfigError, load_config, validate
+from megatron_mcpo.config import ConfigError, load_config
+from megatron_mcpo.validation import validate
 from megatron_mcpo.rollout.placement import plan_placement
 
 

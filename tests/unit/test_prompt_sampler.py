@@ -1,7 +1,8 @@
 """PromptSampler: epoch coverage, per-domain shares, resume, unique prompt indices."""
 import pytest
 
-from megatron_mcpo.config import ConfigError, load_config, validate
+from megatron_mcpo.config import ConfigError, load_config
+from megatron_mcpo.validation import validate
 from megatron_mcpo.data.dataset import PromptSampler, record_domain
 
 

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from megatron_mcpo.config import ModelConfig, ParallelConfig, load_config, validate
+from megatron_mcpo.config import ModelConfig, ParallelConfig, load_config
+from megatron_mcpo.validation import validate
 
 _LLAMA = {"architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 128000,
           "eos_token_id": 128001, "hidden_act": "silu", "initializer_range": 0.02, "max_position_embeddings": 131072,
