@@ -109,7 +109,7 @@ def build_ours(model_dir: str, prompts: list, engine: str, steps: int, out_dir: 
     t0 = time.perf_counter()
     from megatron_mcpo.build import build_trainer
     from megatron_mcpo.config import load_config
-    from megatron_mcpo.validation import validate
+    from megatron_mcpo.validation import validate_launched
 
     cfg = load_config("examples/configs/tiny_cpu.yaml", [
         f"model.hf_path={model_dir}", f"rollout.engine={engine}", f"rollout.n={N}", "rollout.temperature=1.0",
@@ -119,7 +119,7 @@ def build_ours(model_dir: str, prompts: list, engine: str, steps: int, out_dir: 
         "eval.before_train=false", "eval.every=0", f"run.output_dir={out_dir}", f"logging.log_dir={out_dir}/logs",
         f"run.total_steps={steps}", "rollout.gpu_memory_utilization=0.1",
     ])
-    trainer = build_trainer(validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1"))))
+    trainer = build_trainer(validate_launched(cfg))
     return trainer, time.perf_counter() - t0
 
 

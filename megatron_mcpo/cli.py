@@ -17,7 +17,7 @@ import sys
 import time
 
 from megatron_mcpo.config import ConfigError, load_config
-from megatron_mcpo.validation import validate
+from megatron_mcpo.validation import validate, validate_launched
 
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "configs", "tiny_cpu.yaml")
 
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
         cfg = load_config(args.config, args.overrides)
         # Everything that can be checked is, before torch.distributed or a model exists (build_trainer
         # checks nothing again; the data files it reads were parsed here, once: data/formats.py).
-        validate(cfg, world_size=args.world_size if args.command == "validate" else int(os.environ.get("WORLD_SIZE", "1")))
+        validate(cfg, world_size=args.world_size) if args.command == "validate" else validate_launched(cfg)
         if args.command == "validate":
             print(f"config OK ({args.config or 'defaults'})")
             return 0

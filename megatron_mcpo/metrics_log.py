@@ -81,9 +81,12 @@ class WandbBackend:
 
         lg = cfg.logging
         self.wandb = wandb
+        # wandb's service is a separate process: on a node busy starting engines and compiling, its default
+        # 30 s start-up wait (90 s for init) failed runs; a slow start is no reason to lose one.
+        settings = wandb.Settings(console="off", silent=True, init_timeout=300, x_service_wait=300)
         self.run = wandb.init(project=lg.wandb_project, name=lg.wandb_run_name or cfg.run.name, tags=list(lg.wandb_tags),
                               mode=lg.wandb_mode, dir=log_dir, config=cfg.to_dict(), reinit="finish_previous",
-                              settings=wandb.Settings(console="off", silent=True))
+                              settings=settings)
 
     def log(self, metrics: dict, step: int) -> None:
         row = dict(_scalars(metrics))

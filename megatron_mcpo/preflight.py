@@ -44,7 +44,7 @@ def check_data_files(field: str, files: list[str], domains: list[str]) -> list[s
         if not path.endswith(".jsonl"):
             continue  # parquet is checked by its loader (pyarrow is not needed to validate)
         try:
-            records = load_records(path)  # parsed once per process: the run's build reuses them
+            records = load_records(path, keep=True)  # the run's build takes this parse over
         except DataError as e:
             raise ConfigError(f"{where}: {e}") from None
         found += [record_domain(r) for r in records]

@@ -90,16 +90,15 @@ class Trainer:
         self.rl_steps = 0
         self._saved_step, self._saved_path = None, None  # the last checkpoint written or loaded
         self._samples: list[dict] = []  # a few of the last step's (prompt, response, score), for the log
-        self._reward_seconds = 0.0  # the reward scoring's share of a step's rollout phase
 
     # ------------------------------------------------------------------ the step
     def rl_step(self) -> dict:
         cfg, g = self.cfg, self.groups
         clock = _PhaseClock()  # time/step = the sum of the time/<phase> keys, bookkeeping in time/other
-        self._reward_seconds = 0.0
+        scoring_before = getattr(self.scorer, "busy_seconds", 0.0)  # no scorer (None) on engine workers: 0
         rollouts, gen_metrics = self.generate_and_score()                        # rollout/ + rewards/
         clock.lap("rollout")
-        clock.move("rollout", "reward", self._reward_seconds)
+        clock.move("rollout", "reward", getattr(self.scorer, "busy_seconds", 0.0) - scoring_before)
         if self.memory is not None:                                               # colocated: engine sleeps
             gen_metrics.update(self.memory.to_training())
             clock.lap("memory")
@@ -220,9 +219,7 @@ class Trainer:
                     for (index, rec), group in zip(records, answers) for a in group]
         if not score:
             return rollouts, None
-        tic = time.perf_counter()
         scored = score_answers(self.scorer, answers, errors="zero")
-        self._reward_seconds += time.perf_counter() - tic
         results = [a.result for group in scored for a in group]
         self._note_scorer_errors(results)
         self._samples = [{"prompt": _prompt_text(group[0].record["prompt"]), "response": group[0].sample.text,

@@ -3,10 +3,16 @@ accelerator is touched, each error naming its field. Apart from config.py so tha
 the bottom of the package: the checks consult modules above them (placement, preflight, domains, TE)."""
 from __future__ import annotations
 
+import os
 import sys
 from typing import Optional
 
 from megatron_mcpo.config import Config, model_family, read_hf_config, require, resolve_device, suggest_closest
+
+
+def validate_launched(cfg: Config) -> Config:
+    """`validate` in a launched process, for the world it runs in: torchrun's WORLD_SIZE (1 run alone)."""
+    return validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")))
 
 
 def _te_installed() -> bool:

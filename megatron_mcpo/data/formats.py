@@ -16,22 +16,25 @@ from megatron_mcpo.data.dataset import REQUIRED, load_jsonl
 VERL_COLUMNS = ("data_source", "prompt", "ability", "reward_model", "extra_info")
 
 
-# (path, size, mtime) -> records: a process parses each data file once (validate's preflight, then the
-# run's build and its evaluations, share the result; callers never modify it).
+# (path, size, mtime) -> records parsed by validation's preflight, kept for the run's build: the first
+# plain read takes them, so a process parses each data file once and no two holders share one list.
 _PARSED: dict[tuple, list[dict]] = {}
 
 
-def load_records(path: str) -> list[dict]:
-    """The prompt records of one data file, chosen by its extension (parsed once per process while the
-    file is unchanged; the list is shared: do not modify it)."""
+def load_records(path: str, keep: bool = False) -> list[dict]:
+    """The prompt records of one data file, chosen by its extension. `keep` (preflight): the parse is
+    kept for the next read of the unchanged file, which takes it over instead of parsing again."""
     try:
         st = os.stat(path)
     except OSError:
         return _parse(path)  # the loader names the problem
     key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-    if key not in _PARSED:
-        _PARSED[key] = _parse(path)
-    return _PARSED[key]
+    records = _PARSED.pop(key, None)
+    if records is None:
+        records = _parse(path)
+    if keep:
+        _PARSED[key] = records
+    return records
 
 
 def _parse(path: str) -> list[dict]:

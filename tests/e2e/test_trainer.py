@@ -57,7 +57,7 @@ def test_resume_continues_the_run_and_exports(tiny_run):
 
 def _run_dp2(rank, out):
     from megatron_mcpo.config import load_config
-    from megatron_mcpo.validation import validate
+    from megatron_mcpo.validation import validate_launched
     from megatron_mcpo.build import build_trainer
 
     cfg = load_config("examples/configs/tiny_cpu.yaml", OVERRIDES + [
@@ -65,7 +65,7 @@ def _run_dp2(rank, out):
         f"run.output_dir={out}", f"logging.log_dir={out}/logs",
         "eval.before_train=true", "eval.every=0", "eval.n=2", "eval.temperature=1.0", "eval.prompts_per_domain=1",
         "algorithm.kl_coef=0.001"])
-    trainer = build_trainer(validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1"))))
+    trainer = build_trainer(validate_launched(cfg))
     try:
         return trainer.train()
     finally:

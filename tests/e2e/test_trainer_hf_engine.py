@@ -2,7 +2,6 @@
 checkpoint, a resumed third step. After every refit (and the resume's) the engine's sampling log-probs
 must equal Megatron's old log-probs of the same tokens (fp32)."""
 import math
-import os
 
 import pytest
 
@@ -19,14 +18,14 @@ OVERRIDES = [
 
 def _run(rank, out, total_steps, resume):
     from megatron_mcpo.config import load_config
-    from megatron_mcpo.validation import validate
+    from megatron_mcpo.validation import validate_launched
     from megatron_mcpo.build import build_trainer
 
     cfg = load_config("examples/configs/tiny_cpu.yaml", OVERRIDES + [
         f"run.total_steps={total_steps}", f"run.output_dir={out}", f"logging.log_dir={out}/logs",
         f"checkpoint.save_dir={out}/ckpt", *([f"checkpoint.load_dir={out}/ckpt"] if resume else []),
     ])
-    trainer = build_trainer(validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1"))))
+    trainer = build_trainer(validate_launched(cfg))
     try:
         probe = [[5, 17, 99, 240, 7, 11, 42]]  # the engine's view of the weights, before and after
         before = trainer.engine.score(probe)[0]
@@ -63,12 +62,12 @@ def test_loop_with_hf_engine_refit_checkpoint_resume(tmp_path):
 
 def _run_tp2(rank, out):
     from megatron_mcpo.config import load_config
-    from megatron_mcpo.validation import validate
+    from megatron_mcpo.validation import validate_launched
     from megatron_mcpo.build import build_trainer
 
     cfg = load_config("examples/configs/tiny_cpu.yaml", OVERRIDES + [
         "parallel.tp=2", "run.total_steps=1", f"run.output_dir={out}", f"logging.log_dir={out}/logs"])
-    trainer = build_trainer(validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1"))))
+    trainer = build_trainer(validate_launched(cfg))
     try:
         return {"engine": trainer.engine is not None, "history": trainer.train()}
     finally:

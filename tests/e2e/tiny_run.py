@@ -4,8 +4,6 @@ after a supervised warm start, with held-out evaluation, TensorBoard, a checkpoi
 `run_trainer` is also the resumed run of tests/e2e/test_trainer.py."""
 from __future__ import annotations
 
-import os
-
 import torch
 
 OVERRIDES = [
@@ -27,14 +25,14 @@ def run_trainer(rank, out, total_steps, sft_steps=0, resume=False, extra=(), eva
     vLLM's log-probs of TOKENS from the exported checkpoint."""
     from megatron_mcpo.build import build_trainer
     from megatron_mcpo.config import load_config
-    from megatron_mcpo.validation import validate
+    from megatron_mcpo.validation import validate_launched
     from megatron_mcpo.demo import sft_warm_start
 
     cfg = load_config("examples/configs/tiny_cpu.yaml", OVERRIDES + [
         f"run.total_steps={total_steps}", f"run.output_dir={out}", f"logging.log_dir={log_dir or out + '/logs'}",
         f"checkpoint.save_dir={out}/ckpt", *([f"checkpoint.load_dir={out}/ckpt"] if resume else []), *extra,
     ])
-    trainer = build_trainer(validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1"))))
+    trainer = build_trainer(validate_launched(cfg))
     try:
         start = (trainer.rl_steps, trainer.state.step, trainer.sampler.state_dict())
         if sft_steps:

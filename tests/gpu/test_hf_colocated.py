@@ -1,7 +1,6 @@
 """The colocated path with the HF engine on one GPU (skipped without CUDA; unverified until run on a GPU
 machine): sleep/wake frees and re-takes the weights' memory, level 2 needs a refit, and the RL loop
 hands the GPU between engine and Megatron every step with no memory growth."""
-import os
 
 import pytest
 import torch
@@ -38,7 +37,7 @@ def test_hf_engine_sleep_wake_frees_memory(tiny_dirs):
 
 def _run(rank, out):
     from megatron_mcpo.config import load_config
-    from megatron_mcpo.validation import validate
+    from megatron_mcpo.validation import validate_launched
     from megatron_mcpo.build import build_trainer
 
     cfg = load_config("examples/configs/tiny_cpu.yaml", [
@@ -48,7 +47,7 @@ def _run(rank, out):
         "parallel.micro_batch_size=4",
         "eval.before_train=false", "eval.every=0", "run.total_steps=3", f"run.output_dir={out}",
         f"logging.log_dir={out}/logs"])
-    trainer = build_trainer(validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1"))))
+    trainer = build_trainer(validate_launched(cfg))
     try:
         return trainer.train()
     finally:

@@ -38,3 +38,20 @@ def test_ground_truth_checked_per_domain(domain, good, bad, message):
     check_ground_truth(domain, good)
     with pytest.raises(ValueError, match=message):
         check_ground_truth(domain, bad)
+
+
+def test_busy_seconds_accumulate_over_batches_and_failures():
+    """The trainer charges the scorer's wall time to time/reward: it grows with every batch, a raising one too."""
+    import time
+
+    registry = default_registry()
+    registry.register("slow", lambda solution_str, ground_truth, extra_info, ctx: time.sleep(0.2) or {"acc": True})
+    registry.register("bad", lambda solution_str, ground_truth, extra_info, ctx: 1 / 0)
+    with RewardScorer(num_workers=1, registry=registry) as scorer:
+        assert scorer.busy_seconds == 0.0
+        scorer.score_batch([("slow", "x", "y")])
+        first = scorer.busy_seconds
+        assert first >= 0.2
+        with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+            scorer.score_batch([("slow", "x", "y"), ("bad", "x", "y")])
+        assert scorer.busy_seconds - first >= 0.2

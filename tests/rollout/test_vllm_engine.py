@@ -46,6 +46,19 @@ def test_generate_shapes_and_sampling_logprobs(engine):
     assert len({tuple(s.token_ids) for s in out[1]}) > 1
 
 
+def test_engine_processes_yield_the_cpu_to_the_trainer(engine):
+    """On CPU every thread of the engine's processes (engine core, worker, its OpenMP threads) runs at nice 19,
+    so vLLM's idle busy-wait cannot take cores from training; the trainer keeps its own priority."""
+    import os
+
+    import psutil
+
+    assert engine._procs and os.getpriority(os.PRIO_PROCESS, 0) < 19
+    threads = [t.id for p in engine._procs for t in psutil.Process(p.pid).threads()]
+    assert len(threads) > len(engine._procs)  # the workers' compute threads are included
+    assert {os.getpriority(os.PRIO_PROCESS, tid) for tid in threads} == {19}
+
+
 def test_stop_strings_and_max_tokens(engine):
     prompt = [11, 42, 300, 512, 9]
     greedy = engine.generate([prompt], SamplingSpec(n=1, temperature=0.0, max_tokens=12))[0][0]

@@ -94,16 +94,18 @@ def test_wandb_offline_run_directory(tmp_path, monkeypatch):
     assert os.path.getsize(data) > 0
     from wandb.proto import wandb_internal_pb2
 
-    history, runs_seen = [], []
+    history, runs_seen, kinds = [], [], []
     for raw in _wandb_records(data):
         rec = wandb_internal_pb2.Record()
         rec.ParseFromString(raw)
         kind = rec.WhichOneof("record_type")
+        kinds.append(kind)
         if kind == "history":
             history.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item})
         elif kind == "run":
             runs_seen.append(rec.run)
-    (run,) = runs_seen
+    assert len(runs_seen) == 1, f"record kinds in {data} ({os.path.getsize(data)} bytes): {kinds}"
+    run = runs_seen[0]
     config = {i.key: json.loads(i.value_json) for i in run.config.update}
     assert run.display_name == "offline-unit" and run.project == "mcpo-unit" and list(run.tags) == ["a", "b"]
     assert config["logging"]["wandb_project"] == "mcpo-unit" and config["run"]["name"] == "unit"  # resolved config, once

@@ -101,15 +101,25 @@ def test_config_accepts_parquet_and_names_other_files():
         validate(load_config(None, ["eval.files=[c.csv]"]), cuda_available=False)
 
 
-def test_a_data_file_is_parsed_once_per_process(tmp_path):
-    """validate's preflight parses a JSONL file; the run's build then gets the same records without a
-    second parse, until the file changes."""
+def test_a_data_file_is_parsed_once_per_process(tmp_path, monkeypatch):
+    """validate's preflight parses a JSONL file and the run's build takes that parse over (no second parse);
+    a later read parses again (no two readers share one list), and so does a read after the file changed."""
+    from megatron_mcpo.data import formats
+
+    parses = []
+    real_parse = formats._parse
+    monkeypatch.setattr(formats, "_parse", lambda p: parses.append(p) or real_parse(p))
     path = tmp_path / "train.jsonl"
     row = {"data_source": "openai/gsm8k", "prompt": "2+3?", "reward_model": {"ground_truth": "5"}, "extra_info": {"domain": "math"}}
     path.write_text(json.dumps(row) + "\n")
     validate(load_config(None, [f"data.train_files=[{path}]"]), world_size=1, cuda_available=False)
+    assert len(parses) == 1
     first = load_records(str(path))
-    assert load_records(str(path)) is first and first[0]["reward_model"]["ground_truth"] == "5"
+    assert len(parses) == 1 and first[0]["reward_model"]["ground_truth"] == "5"
+    first[0]["reward_model"]["ground_truth"] = "mutated by its holder"
+    again = load_records(str(path))
+    assert len(parses) == 2 and again is not first and again[0]["reward_model"]["ground_truth"] == "5"
+    load_records(str(path), keep=True)
     path.write_text(json.dumps(row) + "\n" + json.dumps({**row, "reward_model": {"ground_truth": "6"}}) + "\n")
     changed = load_records(str(path))
-    assert changed is not first and [r["reward_model"]["ground_truth"] for r in changed] == ["5", "6"]
+    assert len(parses) == 4 and [r["reward_model"]["ground_truth"] for r in changed] == ["5", "6"]
