@@ -187,7 +187,7 @@ def summarise(history: list[dict], timing: dict) -> dict:
     evals = [h for h in history if "eval/all/acc" in h]
     steps = [h for h in history if "time/step" in h]
     keep = ("time/step", "time/rollout", "time/train", "time/old_logprob", "time/refit", "reward/all/score",
-            "reward/all/acc", "reward/all/format_error_rate", "rollout/response_length_mean", "mcpo/loss",
+            "reward/all/acc", "reward/all/format_error_rate", "rollout/response_length_mean", "mcpo/loss_cl",
             "mcpo/pos_ratio", "actor/pg_loss", "actor/grad_norm")
     return {
         "heldout_acc_before": evals[0]["eval/all/acc"], "heldout_acc_after": evals[-1]["eval/all/acc"],
