@@ -129,8 +129,6 @@ def parity_and_greedy(hf_dir: str, heldout: list[dict], n_greedy: int) -> dict:
         with torch.no_grad():
             for chat in chats:
                 ids = torch.tensor([tok.apply_chat_template(chat, tokenize=True, return_dict=False)])
-                if isinstance(ids[0], dict):  # a tokenizer returning BatchEncoding
-                    ids = torch.tensor([ids[0]["input_ids"]])
                 labels = ids[:, 1:]
                 lp_hf = torch.log_softmax(hf_model(ids).logits[:, :-1].double(), -1).gather(-1, labels[..., None])
                 pos = torch.arange(ids.shape[1]).unsqueeze(0)
