@@ -33,11 +33,11 @@ class StopRequest:
         self._previous: dict = {}
 
     def _handle(self, signum, frame):
-        if self.signum is not None:  # the second signal: no more waiting
-            signal.signal(signum, signal.SIG_DFL)
-            signal.raise_signal(signum)
-            return
         self.signum = signum
+        # The second signal gets the default action from the OS at once: a Python handler would only run
+        # after the op in progress returns (a long backward pass or engine call ignored it for seconds).
+        for s in self.SIGNALS:
+            signal.signal(s, signal.SIG_DFL)
         print(f"\n{signal.Signals(signum).name} received: finishing the current step, then saving and exiting "
               f"(send it again to exit now)", file=sys.stderr, flush=True)
 
