@@ -33,9 +33,17 @@ def _sft_batch(tokenizer, records, seq_multiple: int = 8) -> dict:
     return {"tokens": tokens, "response_mask": mask}
 
 
+def _clear_adam_state(optimizer) -> None:
+    """Drop the torch optimizers' moment estimates (they re-initialise lazily at the next step)."""
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner.optimizer.state.clear()
+
+
 def sft_warm_start(trainer, steps: int, batch_size: int = 20, seed: int = 0, lr: Optional[float] = None) -> list[float]:
     """`steps` supervised updates on reference answers at learning rate `lr` (default: optimizer.lr), then a
-    refit. The RL run's step counter and LR schedule start afterwards as if untouched. Returns the NLL per step."""
+    refit. The RL run then starts as from an SFT checkpoint: its step counter, LR schedule and Adam moments
+    as if untouched (the warm start's NLL-gradient moments would otherwise steer RL's first steps and scale
+    its step sizes). Returns the NLL per step."""
     from transformers import AutoTokenizer
 
     g = trainer.groups
@@ -67,6 +75,7 @@ def sft_warm_start(trainer, steps: int, batch_size: int = 20, seed: int = 0, lr:
         losses.append(train_step(state, split_microbatches(local, local_mbs), nll)["nll"])
     state.step, state.scheduler.num_steps = step_before, schedule_before
     state.scheduler.step(increment=0)  # back to the RL schedule's LR
+    _clear_adam_state(state.optimizer)
     state.policy.temperature = temperature
     trainer.refit()
     return losses
