@@ -5,7 +5,8 @@ Each (algorithm, seed) run is `mcpo demo` in its own process: the tiny model's s
 a held-out evaluation (the suite's held-out split, disjoint from training), the RL steps with periodic
 evaluations, and a last evaluation. Reported: held-out accuracy per domain after RL as mean ± sd over
 seeds in a Table-1-style markdown table, the change from the post-warm-start evaluation, the MCPO
-metrics over training, and a PNG of the curves. A benchmark, never a test: ~5–10 min per run on 2 cores.
+metrics over training, and a PNG of the curves. A benchmark, never a test: on 2 shared cores at load ~5-8
+a run took ~24 min (~14 of them the warm start, which the second algorithm of a seed loads from cache).
 
   python benchmarks/learning.py                       # grpo, mcpo_grpo × seeds 1 2 3
   python benchmarks/learning.py --algorithms grpo mcpo_grpo dapo mcpo_dapo --seeds 1 2 3
