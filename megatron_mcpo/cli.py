@@ -36,9 +36,11 @@ def _parser() -> argparse.ArgumentParser:
         if name == "validate":
             p.add_argument("--world-size", type=int, default=None)
         if name == "demo":
-            p.add_argument("--sft-steps", type=int, default=120, help="supervised warm-start steps before RL")
+            p.add_argument("--sft-steps", type=int, default=400, help="supervised warm-start steps before RL")
             p.add_argument("--sft-lr", type=float, default=2e-3, help="warm-start learning rate")
             p.add_argument("--sft-batch", type=int, default=20, help="warm-start sequences per step")
+            p.add_argument("--warm-start-cache", default=None, metavar="FILE",
+                           help="load the warmed-up weights from FILE if it exists, else warm up and save them there")
         if name == "embed":
             p.add_argument("--out", default="outputs/plots", help="output directory for the PNG")
     return ap
@@ -99,12 +101,17 @@ def main(argv=None) -> int:
                 print(json.dumps({"step": trainer.rl_steps, **metrics}, indent=1, sort_keys=True))
             return 0
         if args.command == "demo" and args.sft_steps > 0:
-            from megatron_mcpo.demo import sft_warm_start
+            from megatron_mcpo.demo import cached_warm_start, sft_warm_start
 
             tic = time.perf_counter()
-            nll = sft_warm_start(trainer, args.sft_steps, batch_size=args.sft_batch, lr=args.sft_lr)
-            print(f"supervised warm start: {args.sft_steps} steps of {args.sft_batch} in {time.perf_counter() - tic:.0f} s,"
-                  f" NLL {nll[0]:.3f} -> {nll[-1]:.3f}", flush=True)
+            nll = []
+            how = cached_warm_start(trainer, args.warm_start_cache, lambda: nll.extend(
+                sft_warm_start(trainer, args.sft_steps, batch_size=args.sft_batch, lr=args.sft_lr)))
+            if how == "loaded":
+                print(f"supervised warm start: loaded from {args.warm_start_cache}", flush=True)
+            else:
+                print(f"supervised warm start: {args.sft_steps} steps of {args.sft_batch} in {time.perf_counter() - tic:.0f} s,"
+                      f" NLL {nll[0]:.3f} -> {nll[-1]:.3f}", flush=True)
         history = trainer.train()
     except TrainingInterrupted as e:
         print(str(e), file=sys.stderr, flush=True)

@@ -33,25 +33,38 @@ def _sft_batch(tokenizer, records, seq_multiple: int = 8) -> dict:
     return {"tokens": tokens, "response_mask": mask}
 
 
+def _clear_adam_state(optimizer) -> None:
+    """Drop the torch optimizers' moment estimates (they re-initialise lazily at the next step)."""
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner.optimizer.state.clear()
+
+
 def sft_warm_start(trainer, steps: int, batch_size: int = 20, seed: int = 0, lr: Optional[float] = None) -> list[float]:
     """`steps` supervised updates on reference answers at learning rate `lr` (default: optimizer.lr), then a
-    refit. The RL run's step counter and LR schedule start afterwards as if untouched. Returns the NLL per step."""
+    refit. Its prompts are a draw of their own (data.seed + 2), one pass of steps * batch_size records, not
+    the RL prompts: RL on prompts the warm start has memorised finds every group all right or all wrong (no
+    advantage), while fresh ones are answered as unevenly as held-out ones. The RL run then starts as from an
+    SFT checkpoint: its step counter, LR schedule and Adam moments as if untouched (the warm start's
+    NLL-gradient moments would otherwise steer RL's first steps and scale its step sizes). Returns the NLL per step."""
     from transformers import AutoTokenizer
 
-    g = trainer.groups
+    g, d = trainer.groups, trainer.cfg.data
     tokenizer = AutoTokenizer.from_pretrained(trainer.hf_dir)
-    records = [r for r in trainer.sampler.records if "reference" in (r.get("extra_info") or {})]
+    per_domain = -(-steps * batch_size // len(d.domains))
+    pool = trainer.load_prompts(d.train_files, d.seed + 2, per_domain, "train")
+    records = [r for r in pool if "reference" in (r.get("extra_info") or {})]
     if not records:
         raise ValueError("demo: the prompt records carry no extra_info.reference answers to warm up on")
     rng = random.Random(seed)
+    order = [r for _ in range(-(-steps * batch_size // len(records))) for r in rng.sample(records, len(records))]
     state = trainer.state
     step_before, schedule_before = state.step, state.scheduler.num_steps
     # Supervised NLL of the plain model (T = 1), not of the rollout-tempered distribution the RL losses use.
     temperature, state.policy.temperature = state.policy.temperature, 1.0
     per_rank = batch_size // g.dp_size
     losses = []
-    for _ in range(steps):
-        batch = _sft_batch(tokenizer, rng.sample(records, batch_size))
+    for i in range(steps):
+        batch = _sft_batch(tokenizer, order[i * batch_size : (i + 1) * batch_size])
         total = float(batch["response_mask"].sum())
         local = {k: v[g.dp_rank * per_rank : (g.dp_rank + 1) * per_rank].to(g.device) for k, v in batch.items()}
 
@@ -67,9 +80,31 @@ def sft_warm_start(trainer, steps: int, batch_size: int = 20, seed: int = 0, lr:
         losses.append(train_step(state, split_microbatches(local, local_mbs), nll)["nll"])
     state.step, state.scheduler.num_steps = step_before, schedule_before
     state.scheduler.step(increment=0)  # back to the RL schedule's LR
+    _clear_adam_state(state.optimizer)
     state.policy.temperature = temperature
     trainer.refit()
     return losses
+
+
+def cached_warm_start(trainer, path: Optional[str], warm_start) -> str:
+    """Run `warm_start()` and save the policy's weights to `path`, or, when `path` already holds them, load
+    them instead (then refit): benchmarks/learning.py gives the algorithms it compares one warm start per seed.
+    Returns "ran" or "loaded"."""
+    chunks = trainer.state.policy.chunks
+    if path and os.path.isfile(path):
+        saved = torch.load(path, map_location=trainer.groups.device)
+        if len(saved) != len(chunks):
+            raise ValueError(f"demo: {path} holds {len(saved)} model chunks, this run has {len(chunks)}")
+        for chunk, state in zip(chunks, saved):
+            chunk.load_state_dict(state)
+        trainer.refit()
+        return "loaded"
+    warm_start()
+    if path and trainer.groups.world_rank == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        torch.save([chunk.state_dict() for chunk in chunks], path + ".tmp")
+        os.replace(path + ".tmp", path)  # a killed run leaves no half-written cache behind
+    return "ran"
 
 
 def held_out_change(history: list[dict]) -> dict[str, tuple[float, float]]:

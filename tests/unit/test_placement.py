@@ -88,7 +88,7 @@ def test_impossible_placements_name_the_field(kwargs, field):
       "run.device=cuda"], 2, True, "rollout.dedicated_gpus_per_node"),
     (["rollout.offload_grad_buffers=true"], 1, False, "rollout.offload_grad_buffers"),
     (["rollout.sleep_level=3"], 1, False, "rollout.sleep_level"),
-    (["parallel.micro_batch_size=1"], 4, False, "algorithm.train_batch_prompts"),  # 5 prompts over 4 replicas
+    (["parallel.micro_batch_size=1"], 4, False, "algorithm.train_batch_prompts"),  # 10 prompts over 4 replicas
 ])
 def test_validate_refuses_bad_placements(overrides, world, gpu, field):
     cfg = load_config("examples/configs/tiny_cpu.yaml", overrides)
