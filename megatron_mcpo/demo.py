@@ -74,9 +74,8 @@ def sft_warm_start(trainer, steps: int, batch_size: int = 20, seed: int = 0, lr:
 
         mbs = trainer.cfg.parallel.micro_batch_size
         local_mbs = mbs if per_rank % mbs == 0 else per_rank
-        if lr is not None:
-            for group in state.optimizer.param_groups:
-                group["lr"] = lr
+        for group in state.optimizer.param_groups:  # not the RL schedule's: under LR warmup its step 0 is 0
+            group["lr"] = lr if lr is not None else trainer.cfg.optimizer.lr
         losses.append(train_step(state, split_microbatches(local, local_mbs), nll)["nll"])
     state.step, state.scheduler.num_steps = step_before, schedule_before
     state.scheduler.step(increment=0)  # back to the RL schedule's LR

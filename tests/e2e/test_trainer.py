@@ -38,7 +38,8 @@ def test_resume_continues_the_run_and_exports(tiny_run):
     """Resume the shared run's checkpoint, switching to MCPO-DAPO: dynamic sampling keeps generating until
     5 mixed-outcome groups exist. Its own log dir: the shared run's logs stay as they were."""
     out = tiny_run["out"]
-    dapo = ["algorithm.name=mcpo_dapo", "algorithm.overlong_buffer_len=8"]
+    # up to 40 rounds of 5 prompts: the 60-step warm start answers ~1 prompt in 15 with mixed outcomes (n=4)
+    dapo = ["algorithm.name=mcpo_dapo", "algorithm.overlong_buffer_len=8", "algorithm.max_num_gen_batches=40"]
     (second,) = run_distributed(run_trainer, world_size=1, timeout=1200, out=out, total_steps=2, resume=True,
                                 extra=dapo, log_dir=f"{out}/logs_resumed")
     assert second["start"][:2] == (1, 1)  # RL step and optimizer-step (MCPO warmup) counters restored

@@ -36,7 +36,7 @@ def run_trainer(rank, out, total_steps, sft_steps=0, resume=False, extra=(), eva
     try:
         start = (trainer.rl_steps, trainer.state.step, trainer.sampler.state_dict())
         if sft_steps:
-            sft_warm_start(trainer, sft_steps, batch_size=20)
+            sft_warm_start(trainer, sft_steps, batch_size=20, lr=3e-4)
         history = trainer.train()
         evals = [trainer.evaluate() for _ in range(evals_after)]
         result = {"start": start, "history": history, "end": (trainer.rl_steps, trainer.state.step), "evals": evals,

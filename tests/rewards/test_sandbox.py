@@ -38,8 +38,9 @@ def run_hostile(scorer, program, ground_truth=ADD):
     result = scorer.score("code", fenced(program), ground_truth)
     elapsed = time.monotonic() - start
     assert result["score"] == 0.0 and result["acc"] is False, result
-    # Tests stop at the first failure, so one test's wall limit plus start-up bounds the run.
-    assert elapsed < scorer.sandbox_limits.wall_time_s + 2.0, elapsed
+    # Tests stop at the first failure, so one test's wall limit plus start-up and clean-up bounds the run
+    # (a margin for a loaded machine: a fork bomb's clean-up took 3.5 s beyond the limit at load 7).
+    assert elapsed < scorer.sandbox_limits.wall_time_s + 8.0, elapsed
     assert sandbox_processes(scorer.sandbox) == []
     follow_up = scorer.score("code", fenced(ADD_OK), ADD)
     assert follow_up["score"] == 1.0, follow_up
