@@ -36,7 +36,8 @@ def build_trainer(cfg: Config) -> Trainer:
     groups = init_distributed(p.tp, p.pp, p.vpp, p.cp, cfg.run.device, cfg.run.seed)
     rank0 = groups.world_rank == 0
     metrics_log = MetricsLogger(cfg, rank0=rank0)  # a missing backend package fails here
-    train_records = read_prompts(d.train_files, d.domains, d.seed, d.synthetic_per_domain, "train", rank0)
+    train_records = read_prompts(d.train_files, d.domains, d.seed, d.synthetic_per_domain, "train", rank0,
+                                 d.synthetic_system_prompts)
     hf_dir = hf_checkpoint_dir(cfg.model.hf_path, os.path.join(cfg.run.output_dir, "tiny_models"), cfg.run.seed)
     hf_config = read_hf_config(hf_dir)
     load_initial = partial(load_initial_weights, cfg.model, hf_dir, groups=groups)

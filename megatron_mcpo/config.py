@@ -227,6 +227,10 @@ class DataConfig:
     seed: int = 1234
     # Train prompts per domain drawn from the embedded suite's train split when train_files is empty.
     synthetic_per_domain: int = 20
+    # The embedded suite's prompts open with the paper's per-domain system instructions (data/prompts.py).
+    # False leaves the bare question: a tiny model trained from scratch reads no instructions (each
+    # question's format names its domain), and they were about half of its prompt tokens.
+    synthetic_system_prompts: bool = True
 
 
 @dataclass

@@ -304,8 +304,9 @@ class Trainer:
     # ------------------------------------------------------------------ data, checkpoints
     def load_prompts(self, files: list[str], synthetic_seed: int, synthetic_per_domain: int, split: str) -> list[dict]:
         """Records of `files` (.jsonl/.parquet; else the synthetic suite's `split`) in data.domains whose prompt fits."""
-        records = read_prompts(files, self.cfg.data.domains, synthetic_seed, synthetic_per_domain, split,
-                               self.groups.world_rank == 0)
+        d = self.cfg.data
+        records = read_prompts(files, d.domains, synthetic_seed, synthetic_per_domain, split, self.groups.world_rank == 0,
+                               d.synthetic_system_prompts)
         return self.fit_prompts(records, files)
 
     def _projector_sizes(self):

@@ -24,6 +24,7 @@ SYSTEM_PROMPTS = {
 }
 
 
-def chat(domain: str, user: str) -> list[dict]:
-    system = SYSTEM_PROMPTS.get(domain)
+def chat(domain: str, user: str, system_prompt: bool = True) -> list[dict]:
+    """The chat messages of a `domain` question: its system instruction (when `system_prompt`), then `user`."""
+    system = SYSTEM_PROMPTS.get(domain) if system_prompt else None
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]

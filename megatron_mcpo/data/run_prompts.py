@@ -12,9 +12,11 @@ from megatron_mcpo.distributed import broadcast_object
 
 
 def read_prompts(files: list[str], domains: list[str], synthetic_seed: int, synthetic_per_domain: int, split: str,
-                 rank0: bool) -> list[dict]:
-    """Records of `files` (.jsonl/.parquet; else the synthetic suite's `split`) whose domain is in `domains`."""
-    records = [rec for f in files for rec in load_records(f)] if files else synthetic_suite(synthetic_per_domain, domains, synthetic_seed, split)
+                 rank0: bool, system_prompts: bool = True) -> list[dict]:
+    """Records of `files` (.jsonl/.parquet; else the synthetic suite's `split`, with its domains' system
+    instructions when `system_prompts`) whose domain is in `domains`."""
+    records = ([rec for f in files for rec in load_records(f)] if files else
+               synthetic_suite(synthetic_per_domain, domains, synthetic_seed, split, system_prompts))
     warning = plain_prompt_warning(records, files) if files else None
     if warning and rank0:
         print(f"warning: {warning}", flush=True)

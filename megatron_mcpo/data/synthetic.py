@@ -289,16 +289,18 @@ def draw_item(domain: str, rng: random.Random, split: str = "train") -> dict:
             return {**build(params), "family": name}
 
 
-def synthetic_suite(num_per_domain: int, domains=tuple(FAMILIES), seed: int = 0, split: str = "train") -> list[dict]:
+def synthetic_suite(num_per_domain: int, domains=tuple(FAMILIES), seed: int = 0, split: str = "train",
+                    system_prompts: bool = True) -> list[dict]:
     """Interleaved verl records (math, code, science, tooluse, safety, math, ...) of `split`, deterministic
-    in `seed`; items may repeat within a draw when `num_per_domain` approaches a domain's item count."""
+    in `seed`; items may repeat within a draw when `num_per_domain` approaches a domain's item count.
+    `system_prompts`: each prompt opens with its domain's system instruction (data/prompts.py)."""
     rng = random.Random(seed)
     records = []
     for i in range(num_per_domain):
         for d in domains:
             item = draw_item(d, rng, split)
             records.append({
-                "prompt": chat(d, item["q"]),
+                "prompt": chat(d, item["q"], system_prompts),
                 "data_source": d,
                 "reward_model": {"ground_truth": item["gt"]},
                 # `reference`: a correct answer, for the demo's supervised warm start and the tests.

@@ -10,6 +10,7 @@ OVERRIDES = [
     "rollout.n=4", "rollout.max_response_length=32", "algorithm.train_batch_prompts=5",
     "algorithm.mini_batch_prompts=5", "parallel.micro_batch_size=4", "mcpo.warmup_batches=1",
     "eval.before_train=false", "eval.every=0", "eval.n=1", "eval.temperature=0.0",
+    "data.synthetic_system_prompts=true",  # the prompts these tests were tuned on
 ]
 # The shared run's extras: held-out eval after its one step, TensorBoard next to the JSONL, an HF export.
 OUTPUTS = ["eval.every=1", "eval.prompts_per_domain=2", "logging.backends=[jsonl, tensorboard]",

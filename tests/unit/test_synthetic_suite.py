@@ -117,3 +117,11 @@ def test_demo_table_compares_the_first_and_last_held_out_evaluation():
     table = held_out_table(history, samples=2, temperature=0.8).splitlines()
     assert "2 samples/prompt at T=0.8" in table[0] and table[-1] == "| all | 0.400 | 0.550 | +0.150 | 10 |"
     assert held_out_table(history[1:2]) == ""
+
+
+def test_system_prompts_can_be_left_out_and_nothing_else_changes():
+    with_system, bare = synthetic_suite(10, seed=4), synthetic_suite(10, seed=4, system_prompts=False)
+    assert {r["prompt"][0]["role"] for r in with_system if r["data_source"] != "tooluse"} == {"system"}
+    assert all([m["role"] for m in r["prompt"]] == ["user"] for r in bare)
+    assert [r["prompt"][-1] for r in with_system] == [r["prompt"][-1] for r in bare]
+    assert [{**r, "prompt": None} for r in with_system] == [{**r, "prompt": None} for r in bare]
