@@ -1,7 +1,7 @@
 """How far does the demo's supervised warm start get each domain, and how much is left for RL to sharpen?
 
-The demo's warm start (demo.sft_warm_start's batches, its own prompts, one pass at a fixed LR) with
-held-out evaluations at chosen step counts: accuracy per domain sampled at T=1 (4 samples per prompt,
+The demo's warm start (demo.sft_warm_start: its own prompts, one pass at a fixed LR) with held-out
+evaluations after chosen steps: accuracy per domain sampled at T=1 (4 samples per prompt,
 with pass@4) and greedy. RL can only raise a domain whose samples are unevenly right: sampled accuracy
 well below greedy or pass@4. A domain at zero on all three has not learned the skill (the samples show
 which); one at chance on all three (science: 0.25, safety: 0.5) has learned only the format.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sys
 import time
 
@@ -25,53 +24,37 @@ EVALS = {"sampled_T1": dict(n=4, temperature=1.0), "greedy": dict(n=1, temperatu
 
 
 def run(args) -> list[dict]:
-    from transformers import AutoTokenizer
-
     from megatron_mcpo.build import build_trainer
     from megatron_mcpo.config import SamplingSpec, load_config
-    from megatron_mcpo.demo import _sft_batch
+    from megatron_mcpo.demo import sft_warm_start
     from megatron_mcpo.evaluation import evaluate
-    from megatron_mcpo.training.train_step import split_microbatches, train_step
     from megatron_mcpo.validation import validate_launched
 
     cfg = load_config(args.config, [f"run.seed={args.seed}", f"rollout.seed={args.seed}",
                                     f"data.seed={1000 + args.seed}", *args.set])
     trainer = build_trainer(validate_launched(cfg))
+    heldout = trainer.load_prompts(cfg.eval.files, cfg.data.seed + 1, args.prompts_per_domain, "heldout")
+    rows, clock = [], {"train": 0.0, "since": time.perf_counter()}
+
+    def after_step(step: int, nll: float) -> None:
+        if step not in args.steps:
+            return
+        clock["train"] += time.perf_counter() - clock["since"]  # evaluation time is not warm-start time
+        trainer.refit()
+        row = {"step": step, "nll": round(nll, 4), "train_seconds": round(clock["train"], 1)}
+        for name, how in EVALS.items():
+            spec = SamplingSpec(max_tokens=cfg.rollout.max_response_length, **how)
+            r = evaluate(trainer.engine, trainer.scorer, heldout, spec, trainer.groups.dp, 0, 1, seed=7)
+            row[name] = {k.split("/")[1]: round(v, 3) for k, v in r.items() if k.endswith("/acc")}
+            if how["n"] > 1:
+                row[f"{name}_pass@{how['n']}"] = {k.split("/")[1]: round(v, 3) for k, v in r.items()
+                                                 if k.endswith(f"/pass@{how['n']}")}
+        print(row, flush=True)
+        rows.append(row)
+        clock["since"] = time.perf_counter()
+
     try:
-        state, d = trainer.state, cfg.data
-        tokenizer = AutoTokenizer.from_pretrained(trainer.hf_dir)
-        steps = max(args.steps)
-        pool = trainer.load_prompts(d.train_files, d.seed + 2, -(-steps * args.batch // len(d.domains)), "train")
-        order = random.Random(0).sample(pool, len(pool))  # one pass, as the demo's warm start
-        heldout = trainer.load_prompts(cfg.eval.files, d.seed + 1, args.prompts_per_domain, "heldout")
-        state.policy.temperature = 1.0
-        rows, tic = [], time.perf_counter()
-        for i in range(1, steps + 1):
-            batch = _sft_batch(tokenizer, order[(i - 1) * args.batch : i * args.batch])
-            total = float(batch["response_mask"].sum())
-
-            def nll(out, mb):
-                loss = -(out.logprobs * mb["response_mask"]).sum() / total
-                return loss, {"nll": loss.detach()}
-
-            for group in state.optimizer.param_groups:  # the scheduler resets it each step
-                group["lr"] = args.lr
-            m = train_step(state, split_microbatches(batch, args.batch), nll)
-            if i not in args.steps:
-                continue
-            train_seconds = time.perf_counter() - tic
-            trainer.refit()
-            row = {"step": i, "nll": round(float(m["nll"]), 4), "train_seconds": round(train_seconds, 1)}
-            for name, how in EVALS.items():
-                spec = SamplingSpec(max_tokens=cfg.rollout.max_response_length, **how)
-                r = evaluate(trainer.engine, trainer.scorer, heldout, spec, trainer.groups.dp, 0, 1, seed=7)
-                row[name] = {k.split("/")[1]: round(v, 3) for k, v in r.items() if k.endswith("/acc")}
-                if how["n"] > 1:
-                    row[f"{name}_pass@{how['n']}"] = {k.split("/")[1]: round(v, 3) for k, v in r.items()
-                                                     if k.endswith(f"/pass@{how['n']}")}
-            print(row, flush=True)
-            rows.append(row)
-            tic = time.perf_counter() - train_seconds  # evaluation time is not warm-start time
+        sft_warm_start(trainer, max(args.steps), batch_size=args.batch, lr=args.lr, after_step=after_step)
         return rows
     finally:
         trainer.close()

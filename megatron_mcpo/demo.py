@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -39,13 +39,15 @@ def _clear_adam_state(optimizer) -> None:
         inner.optimizer.state.clear()
 
 
-def sft_warm_start(trainer, steps: int, batch_size: int = 20, seed: int = 0, lr: Optional[float] = None) -> list[float]:
+def sft_warm_start(trainer, steps: int, batch_size: int = 20, seed: int = 0, lr: Optional[float] = None,
+                   after_step: Optional[Callable[[int, float], None]] = None) -> list[float]:
     """`steps` supervised updates on reference answers at learning rate `lr` (default: optimizer.lr), then a
     refit. Its prompts are a draw of their own (data.seed + 2), one pass of steps * batch_size records, not
     the RL prompts: RL on prompts the warm start has memorised finds every group all right or all wrong (no
     advantage), while fresh ones are answered as unevenly as held-out ones. The RL run then starts as from an
     SFT checkpoint: its step counter, LR schedule and Adam moments as if untouched (the warm start's
-    NLL-gradient moments would otherwise steer RL's first steps and scale its step sizes). Returns the NLL per step."""
+    NLL-gradient moments would otherwise steer RL's first steps and scale its step sizes). `after_step(i, nll)`
+    runs after update i (1-based; benchmarks/warm_start_curve.py evaluates there). Returns the NLL per step."""
     from transformers import AutoTokenizer
 
     g, d = trainer.groups, trainer.cfg.data
@@ -77,6 +79,8 @@ def sft_warm_start(trainer, steps: int, batch_size: int = 20, seed: int = 0, lr:
         for group in state.optimizer.param_groups:  # not the RL schedule's: under LR warmup its step 0 is 0
             group["lr"] = lr if lr is not None else trainer.cfg.optimizer.lr
         losses.append(train_step(state, split_microbatches(local, local_mbs), nll)["nll"])
+        if after_step is not None:
+            after_step(i + 1, float(losses[-1]))
     state.step, state.scheduler.num_steps = step_before, schedule_before
     state.scheduler.step(increment=0)  # back to the RL schedule's LR
     _clear_adam_state(state.optimizer)
