@@ -64,6 +64,9 @@ def sft_warm_start(trainer, steps: int, batch_size: int = 20, seed: int = 0, lr:
     # Supervised NLL of the plain model (T = 1), not of the rollout-tempered distribution the RL losses use.
     temperature, state.policy.temperature = state.policy.temperature, 1.0
     per_rank = batch_size // g.dp_size
+    mbs = trainer.cfg.parallel.micro_batch_size
+    local_mbs = mbs if per_rank % mbs == 0 else per_rank
+    step_lr = lr if lr is not None else trainer.cfg.optimizer.lr
     losses = []
     for i in range(steps):
         batch = _sft_batch(tokenizer, order[i * batch_size : (i + 1) * batch_size])
@@ -74,10 +77,9 @@ def sft_warm_start(trainer, steps: int, batch_size: int = 20, seed: int = 0, lr:
             loss = -(out.logprobs * mb["response_mask"]).sum() / total
             return loss, {"nll": loss.detach()}
 
-        mbs = trainer.cfg.parallel.micro_batch_size
-        local_mbs = mbs if per_rank % mbs == 0 else per_rank
-        for group in state.optimizer.param_groups:  # not the RL schedule's: under LR warmup its step 0 is 0
-            group["lr"] = lr if lr is not None else trainer.cfg.optimizer.lr
+        # set every step: the scheduler moves it after each update, and under LR warmup its step 0 is 0
+        for group in state.optimizer.param_groups:
+            group["lr"] = step_lr
         losses.append(train_step(state, split_microbatches(local, local_mbs), nll)["nll"])
         if after_step is not None:
             after_step(i + 1, float(losses[-1]))
