@@ -54,7 +54,8 @@ def run(args) -> list[dict]:
         clock["since"] = time.perf_counter()
 
     try:
-        sft_warm_start(trainer, max(args.steps), batch_size=args.batch, lr=args.lr, after_step=after_step)
+        sft_warm_start(trainer, max(args.steps), batch_size=args.batch, lr=args.lr, after_step=after_step,
+                       abstain=args.abstain, length_window=args.length_window)
         return rows
     finally:
         trainer.close()
@@ -66,6 +67,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, nargs="+", default=[100, 150, 200, 300, 400])
     p.add_argument("--lr", type=float, default=2e-3, help="warm-start LR (the demo's --sft-lr default)")
     p.add_argument("--batch", type=int, default=20, help="sequences per step (the demo's --sft-batch default)")
+    p.add_argument("--abstain", type=float, default=0.4, help="the demo's --sft-abstain default")
+    p.add_argument("--length-window", type=int, default=8, help="the demo's --sft-length-window default")
     p.add_argument("--prompts-per-domain", type=int, default=30)
     p.add_argument("--seed", type=int, default=1, help="as benchmarks/learning.py's seed")
     p.add_argument("--set", action="append", default=["rollout.engine=hf"], metavar="KEY=VALUE",
@@ -74,7 +77,8 @@ def main() -> None:
     args = p.parse_args()
     rows = run(args)
     write_result(args.out, {"benchmark": "warm_start_curve", "config": args.config, "lr": args.lr,
-                            "batch": args.batch, "seed": args.seed, "overrides": args.set,
+                            "batch": args.batch, "abstain": args.abstain,
+                            "length_window": args.length_window, "seed": args.seed, "overrides": args.set,
                             "heldout_prompts_per_domain": args.prompts_per_domain, "evals": EVALS, "rows": rows})
 
 

@@ -36,9 +36,13 @@ def _parser() -> argparse.ArgumentParser:
         if name == "validate":
             p.add_argument("--world-size", type=int, default=None)
         if name == "demo":
-            p.add_argument("--sft-steps", type=int, default=400, help="supervised warm-start steps before RL")
+            p.add_argument("--sft-steps", type=int, default=700, help="supervised warm-start steps before RL")
             p.add_argument("--sft-lr", type=float, default=2e-3, help="warm-start learning rate")
             p.add_argument("--sft-batch", type=int, default=20, help="warm-start sequences per step")
+            p.add_argument("--sft-abstain", type=float, default=0.4,
+                           help="share of warm-start answers replaced by an abstention, for RL to teach answering")
+            p.add_argument("--sft-length-window", type=int, default=8,
+                           help="warm-start batches of similar length, sorted within runs of this many batches")
             p.add_argument("--warm-start-cache", default=None, metavar="FILE",
                            help="load the warmed-up weights from FILE if it exists, else warm up and save them there")
         if name == "embed":
@@ -106,7 +110,8 @@ def main(argv=None) -> int:
             tic = time.perf_counter()
             nll = []
             how = cached_warm_start(trainer, args.warm_start_cache, lambda: nll.extend(
-                sft_warm_start(trainer, args.sft_steps, batch_size=args.sft_batch, lr=args.sft_lr)))
+                sft_warm_start(trainer, args.sft_steps, batch_size=args.sft_batch, lr=args.sft_lr,
+                               abstain=args.sft_abstain, length_window=args.sft_length_window)))
             if how == "loaded":
                 print(f"supervised warm start: loaded from {args.warm_start_cache}", flush=True)
             else:

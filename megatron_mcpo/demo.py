@@ -33,6 +33,37 @@ def _sft_batch(tokenizer, records, seq_multiple: int = 8) -> dict:
     return {"tokens": tokens, "response_mask": mask}
 
 
+ABSTENTION = "I am not sure."
+
+
+def with_abstentions(records: list[dict], rate: float, rng: random.Random) -> list[dict]:
+    """`records` with the reference of a `rate` share of them replaced by ABSTENTION, which every verifier
+    scores 0: the demo's warm start imitates a teacher that declines that share of its questions. The
+    policy then abstains about as often on any prompt, and RL's reward (0 for an abstention, 1 for a right
+    answer) is what teaches it to answer: a behaviour that transfers to held-out prompts within the few RL
+    steps a CPU affords, where sharpening the content skills did not (README, demo)."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"demo: the teacher's abstention rate must be in [0, 1), got {rate}")
+    return [{**r, "extra_info": {**r["extra_info"], "reference": ABSTENTION}} if rng.random() < rate else r
+            for r in records]
+
+
+def length_bucketed(records: list[dict], batch_size: int, window: int, rng: random.Random) -> list[dict]:
+    """`records` regrouped so that each batch holds records of similar length (less padding, as each batch
+    pads to its longest): every run of `window` batches is sorted by length (characters of prompt and
+    reference), cut into batches, and the batches shuffled. window=1 keeps the order."""
+    if window <= 1:
+        return list(records)
+    out = []
+    for start in range(0, len(records), batch_size * window):
+        chunk = sorted(records[start : start + batch_size * window],
+                       key=lambda r: len(str(r["prompt"])) + len(r["extra_info"]["reference"]))
+        batches = [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+        rng.shuffle(batches)
+        out += [r for b in batches for r in b]
+    return out
+
+
 def _clear_adam_state(optimizer) -> None:
     """Drop the torch optimizers' moment estimates (they re-initialise lazily at the next step)."""
     for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
@@ -40,14 +71,17 @@ def _clear_adam_state(optimizer) -> None:
 
 
 def sft_warm_start(trainer, steps: int, batch_size: int = 20, seed: int = 0, lr: Optional[float] = None,
-                   after_step: Optional[Callable[[int, float], None]] = None) -> list[float]:
+                   after_step: Optional[Callable[[int, float], None]] = None, abstain: float = 0.0,
+                   length_window: int = 1) -> list[float]:
     """`steps` supervised updates on reference answers at learning rate `lr` (default: optimizer.lr), then a
     refit. Its prompts are a draw of their own (data.seed + 2), one pass of steps * batch_size records, not
     the RL prompts: RL on prompts the warm start has memorised finds every group all right or all wrong (no
     advantage), while fresh ones are answered as unevenly as held-out ones. The RL run then starts as from an
     SFT checkpoint: its step counter, LR schedule and Adam moments as if untouched (the warm start's
     NLL-gradient moments would otherwise steer RL's first steps and scale its step sizes). `after_step(i, nll)`
-    runs after update i (1-based; benchmarks/warm_start_curve.py evaluates there). Returns the NLL per step."""
+    runs after update i (1-based; benchmarks/warm_start_curve.py evaluates there). `abstain`: the share of
+    references replaced by an abstention (with_abstentions); `length_window`: batches of similar length
+    (length_bucketed). Returns the NLL per step."""
     from transformers import AutoTokenizer
 
     g, d = trainer.groups, trainer.cfg.data
@@ -59,6 +93,8 @@ def sft_warm_start(trainer, steps: int, batch_size: int = 20, seed: int = 0, lr:
         raise ValueError("demo: the prompt records carry no extra_info.reference answers to warm up on")
     rng = random.Random(seed)
     order = [r for _ in range(-(-steps * batch_size // len(records))) for r in rng.sample(records, len(records))]
+    order = with_abstentions(order, abstain, rng) if abstain else order
+    order = length_bucketed(order, batch_size, length_window, rng)
     state = trainer.state
     step_before, schedule_before = state.step, state.scheduler.num_steps
     # Supervised NLL of the plain model (T = 1), not of the rollout-tempered distribution the RL losses use.

@@ -74,6 +74,45 @@ def test_reference_answers_pass_the_real_verifiers_and_other_answers_fail(scorer
     assert not any(res["acc"] for res in bad)
 
 
+def test_abstentions_replace_the_asked_share_of_references_and_score_zero(scorer):
+    import random
+
+    from megatron_mcpo.demo import ABSTENTION, with_abstentions
+
+    records = synthetic_suite(60, seed=5)  # 300 records, all five domains
+    taught = with_abstentions(records, 0.4, random.Random(0))
+    assert taught == with_abstentions(records, 0.4, random.Random(0))  # a function of the rng's seed
+    changed = [i for i, (a, b) in enumerate(zip(records, taught)) if a != b]
+    for i in changed:  # only the reference differs
+        a, b = records[i], taught[i]
+        assert b["extra_info"]["reference"] == ABSTENTION
+        assert {**b, "extra_info": {**b["extra_info"], "reference": a["extra_info"]["reference"]}} == a
+    assert 96 <= len(changed) <= 144, len(changed)  # binomial(300, 0.4): 120 +- 8.5 (sd)
+    assert {records[i]["data_source"] for i in changed} == {"math", "code", "science", "tooluse", "safety"}
+    verdicts = scorer.score_batch([score_item(r, r["extra_info"]["reference"]) for r in taught])
+    assert [i for i, v in enumerate(verdicts) if not v["acc"]] == changed  # every verifier scores it 0
+    assert with_abstentions(records, 0.0, random.Random(0)) == records
+    with pytest.raises(ValueError, match="abstention rate must be in"):
+        with_abstentions(records, 1.0, random.Random(0))
+
+
+def test_length_buckets_keep_the_records_and_cut_the_padding():
+    import random
+
+    from megatron_mcpo.demo import length_bucketed
+
+    records = synthetic_suite(64, seed=3, system_prompts=False)  # the demo's: 320 records, 16 batches of 20
+    size = lambda r: len(str(r["prompt"])) + len(r["extra_info"]["reference"])  # noqa: E731
+    padded = lambda rs: sum(max(map(size, rs[i : i + 20])) * len(rs[i : i + 20]) for i in range(0, len(rs), 20))  # noqa: E731
+    bucketed = length_bucketed(records, 20, 8, random.Random(0))
+    assert sorted(map(repr, bucketed)) == sorted(map(repr, records))  # a permutation
+    # within each window of 8 batches: the same records as before, in batches of similar length
+    for w in range(0, 320, 160):
+        assert sorted(map(repr, bucketed[w : w + 160])) == sorted(map(repr, records[w : w + 160]))
+    assert padded(bucketed) < 0.75 * padded(records), (padded(bucketed), padded(records))
+    assert length_bucketed(records, 20, 1, random.Random(0)) == records
+
+
 def test_every_prompt_fits_the_demo_prompt_length():
     # the longest domain (safety, ~270 tokens of which are its system prompt) exhaustively, the rest sampled
     import itertools
