@@ -5,8 +5,9 @@ Each (algorithm, seed) run is `mcpo demo` in its own process: the tiny model's s
 a held-out evaluation (the suite's held-out split, disjoint from training), the RL steps with periodic
 evaluations, and a last evaluation. Reported: held-out accuracy per domain after RL as mean ± sd over
 seeds in a Table-1-style markdown table, the change from the post-warm-start evaluation, the MCPO
-metrics over training, and a PNG of the curves. A benchmark, never a test: on 2 shared cores at load ~5-8
-a run took ~24 min (~14 of them the warm start, which the second algorithm of a seed loads from cache).
+metrics over training, and a PNG of the curves. A benchmark, never a test: on 2 shared cores at load
+0.5-4 a run took 8-9 min (~4 of them the warm start, which the second algorithm of a seed loads from
+cache: 4.5-5.5 min); the default 2 algorithms × 3 seeds take ~40 min.
 
   python benchmarks/learning.py                       # grpo, mcpo_grpo × seeds 1 2 3
   python benchmarks/learning.py --algorithms grpo mcpo_grpo dapo mcpo_dapo --seeds 1 2 3
