@@ -12,7 +12,8 @@ The two run in lock-step (TRL's step i, then ours, alternating; the TRL process 
 see the same machine load: a shared CPU machine's load moves by minutes. Reported per side: wall seconds
 per step and the CPU seconds (user + system) of the side's process tree in it (engine and reward
 processes included), both as means over the steps after the first; start-up seconds (framework imports,
-model, engine); for ours the mean of every time/* phase (they sum to time/step, bookkeeping in time/other).
+model, engine); for ours the mean of every time/* phase (they sum to time/step, bookkeeping in time/other)
+and the first step's phases (its one-time warm-up).
 
 Usage: python benchmarks/rl_step_vs_trl.py [--engine hf|vllm] [--steps 4] [--out PATH]
 """
@@ -190,7 +191,8 @@ def main() -> None:
     later = history[1:] or history
     phases = sorted({k for m in later for k in m if k.startswith("time/")})
     ours = {"startup_s": startup, **summary(our_steps, our_cpu),
-            "phases_mean_s": {k: sum(m.get(k, 0.0) for m in later) / len(later) for k in phases}}
+            "phases_mean_s": {k: sum(m.get(k, 0.0) for m in later) / len(later) for k in phases},
+            "first_step_phases_s": {k: v for k, v in history[0].items() if k.startswith("time/")}}
     trl = {**trl, **summary(trl_steps, trl_cpu)}
     result = {
         "workload": {"model": "tiny qwen3, hidden 128, 2 layers, vocab 1000, fp32", "prompts": PROMPTS, "n": N,
