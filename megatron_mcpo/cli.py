@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "validate":
             p.add_argument("--world-size", type=int, default=None)
         if name == "demo":
-            p.add_argument("--sft-steps", type=int, default=700, help="supervised warm-start steps before RL")
+            p.add_argument("--sft-steps", type=int, default=1000, help="supervised warm-start steps before RL")
             p.add_argument("--sft-lr", type=float, default=2e-3, help="warm-start learning rate")
             p.add_argument("--sft-batch", type=int, default=20, help="warm-start sequences per step")
             p.add_argument("--sft-abstain", type=float, default=0.4,

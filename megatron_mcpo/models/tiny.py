@@ -13,7 +13,7 @@ from typing import Optional
 from megatron_mcpo.models.families import FAMILIES, TINY_VOCAB_SIZE, tiny_hf_config
 from megatron_mcpo.data.prompts import SYSTEM_PROMPTS
 
-TOKENIZER_VERSION = 2  # in the cache directory's name: a changed corpus never meets a stale cached tokenizer
+TOKENIZER_VERSION = 3  # in the cache directory's name: a changed corpus never meets a stale cached tokenizer
 
 _CORPUS = [
     "Solve the problem step by step and put the final answer in \\boxed{}.",
@@ -37,12 +37,15 @@ _CORPUS = [
 
 def build_tiny_tokenizer(family: str):
     """A real byte-level BPE tokenizer (transformers PreTrainedTokenizerFast) with the family's chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     style = FAMILIES[family].tokenizer
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # One token per digit, never merged with a space or another digit, as Qwen2/3's tokenizers do: a number
+    # reads the same in the question, the reasoning and the \boxed{} answer, so it can be copied token by token.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r"\p{N}"), behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=TINY_VOCAB_SIZE - 8, special_tokens=list(style.specials),

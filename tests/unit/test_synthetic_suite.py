@@ -138,6 +138,26 @@ def test_every_prompt_fits_the_demo_prompt_length():
         assert worst <= limit, name
 
 
+def test_tiny_tokenizer_reads_numbers_one_digit_per_token():
+    # as Qwen2/3's tokenizers do: the digits of a number are the same tokens in the question and in the
+    # \boxed{} answer (no " 5" vs "5", no merged "42"), so the tiny model can copy them token by token
+    from transformers import AutoTokenizer
+
+    from megatron_mcpo.models.tiny import tiny_checkpoint_dir
+
+    tok = AutoTokenizer.from_pretrained(tiny_checkpoint_dir("qwen3"))
+
+    def digit_tokens(text):
+        pieces = [tok.decode([i]) for i in tok(text)["input_ids"]]
+        assert all(len(p) == 1 for p in pieces if any(c.isdigit() for c in p)), pieces
+        return [p for p in pieces if p.isdigit()]
+
+    question, answer = "What is 5700 + 38?", "<think> 5700 + 38 = 5738 </think> \\boxed{5738}"
+    assert digit_tokens(question) == list("570038") and digit_tokens(answer) == list("57003857385738")
+    assert tok(" 5")["input_ids"][-1] == tok("{5")["input_ids"][-1] == tok("5")["input_ids"][0]
+    assert tok.decode(tok(answer)["input_ids"]) == answer
+
+
 def test_demo_table_compares_the_first_and_last_held_out_evaluation():
     from megatron_mcpo.demo import held_out_change, held_out_table
 
