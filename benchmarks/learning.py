@@ -82,9 +82,10 @@ def summarize(runs: dict[str, list[list[dict]]]) -> dict:
     return table
 
 
-def markdown(table: dict, runs: dict[str, list[list[dict]]]) -> str:
-    """Held-out accuracy per domain before/after RL (mean ± sd over seeds), each seed's overall change, and
-    the MCPO metrics averaged over each run's steps (mean ± sd over seeds)."""
+def markdown(table: dict, runs: dict[str, list[list[dict]]], seeds: list[int]) -> str:
+    """Held-out accuracy per domain before/after RL (mean ± sd over seeds), each seed's change per domain
+    with the count of domains that gained ≥ 10 points, and the MCPO metrics averaged over each run's steps
+    (mean ± sd over seeds)."""
     domains = list(next(iter(table.values())))
     rows = ["| algorithm | | " + " | ".join(domains) + " |", "|---" * (len(domains) + 2) + "|"]
     for algorithm, per in table.items():
@@ -94,10 +95,15 @@ def markdown(table: dict, runs: dict[str, list[list[dict]]]) -> str:
         cells = [f"{per[d]['change'][0]:+.3f} ± {per[d]['change'][1]:.3f}" for d in domains]
         rows.append(f"| {algorithm} | change | " + " | ".join(cells) + " |")
     out = ["held-out accuracy per domain, mean ± sd over seeds (before: after the supervised warm start)", "",
-           *rows, "", "overall held-out accuracy per seed, before → after RL:", ""]
+           *rows, "", "change per seed (overall: before → after RL):", "",
+           "| algorithm | seed | " + " | ".join(domains) + " | domains ≥ +0.10 |", "|---" * (len(domains) + 3) + "|"]
     for algorithm, histories in runs.items():
-        out.append(f"- {algorithm}: " + ", ".join(f"{a:.3f} → {b:.3f}" for a, b in
-                                                   (held_out_change(h)["all"] for h in histories)))
+        for seed, h in zip(seeds, histories):
+            change = held_out_change(h)
+            cells = [f"{change[d][1] - change[d][0]:+.3f}" for d in domains if d != "all"]
+            gained = sum(change[d][1] - change[d][0] >= 0.1 - 1e-9 for d in domains if d != "all")
+            out.append(f"| {algorithm} | {seed} | " + " | ".join(cells) + f" | {change['all'][0]:.3f} → "
+                       f"{change['all'][1]:.3f} | {gained} of {len(domains) - 1} |")
     mcpo = {a: hs for a, hs in runs.items() if any(k in m for h in hs for m in h for k in MCPO_CURVES)}
     if mcpo:
         out += ["", "MCPO metrics, mean over a run's RL steps, mean ± sd over seeds:", "",
@@ -150,7 +156,7 @@ def main() -> None:
     runs = {a: [h for h, _ in rs] for a, rs in done.items()}
     timings = {a: [t for _, t in rs] for a, rs in done.items()}
     table = summarize(runs)
-    text = markdown(table, runs)
+    text = markdown(table, runs, args.seeds)
     print(text)
     png = os.path.splitext(args.out)[0] + ".png"
     os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
