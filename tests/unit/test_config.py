@@ -16,6 +16,13 @@ def test_defaults_validate():
     validate(Config(), world_size=1, cuda_available=False)
 
 
+@pytest.mark.parametrize("algorithm", ["grpo", "dapo", "mcpo_grpo", "mcpo_dapo"])
+def test_demo_config_validates_for_every_algorithm(algorithm):
+    # benchmarks/learning.py runs the demo under each (DAPO's overlong buffer must fit its 48 tokens)
+    cfg = load_config("examples/configs/tiny_cpu.yaml", [f"algorithm.name={algorithm}"])
+    validate(cfg, world_size=1, cuda_available=False)
+
+
 def test_unknown_key_names_closest(tmp_path):
     with pytest.raises(ConfigError, match=r"mcpo\.temprature.*did you mean 'temperature'"):
         load_config(_yaml(tmp_path, "mcpo:\n  temprature: 0.2\n"))
