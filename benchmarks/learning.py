@@ -5,9 +5,10 @@ Each (algorithm, seed) run is `mcpo demo` in its own process: the tiny model's s
 a held-out evaluation (the suite's held-out split, disjoint from training), the RL steps with periodic
 evaluations, and a last evaluation. Reported: held-out accuracy per domain after RL as mean ± sd over
 seeds in a Table-1-style markdown table, the change from the post-warm-start evaluation, the MCPO
-metrics over training, and a PNG of the curves. A benchmark, never a test: on 2 shared cores at load
-0.5-4 a run took 8-9 min (~4 of them the warm start, which the second algorithm of a seed loads from
-cache: 4.5-5.5 min); the default 2 algorithms × 3 seeds take ~40 min.
+metrics over training, and a PNG of the curves. A benchmark, never a test: on 2 cores (Intel Xeon, load
+~3 from the runs themselves) a run took ~7 min (~3.7 of them the warm start, which the other algorithms of
+a seed load from cache: GRPO ~4 min, DAPO ~5 min with its extra generation rounds); the default
+2 algorithms × 3 seeds take ~33 min, all four ~63 min.
 
   python benchmarks/learning.py                       # grpo, mcpo_grpo × seeds 1 2 3
   python benchmarks/learning.py --algorithms grpo mcpo_grpo dapo mcpo_dapo --seeds 1 2 3
