@@ -13,7 +13,7 @@ from typing import Optional
 from megatron_mcpo.models.families import FAMILIES, TINY_VOCAB_SIZE, tiny_hf_config
 from megatron_mcpo.data.prompts import SYSTEM_PROMPTS
 
-TOKENIZER_VERSION = 3  # in the cache directory's name: a changed corpus never meets a stale cached tokenizer
+TOKENIZER_VERSION = 3  # in the cache directory's name: a changed corpus or pre-tokenizer never meets a stale cached one
 
 _CORPUS = [
     "Solve the problem step by step and put the final answer in \\boxed{}.",

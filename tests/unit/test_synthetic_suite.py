@@ -12,6 +12,16 @@ def _texts(records, domain):
     return {r["prompt"][-1]["content"] for r in records if r["data_source"] == domain}
 
 
+@pytest.fixture(scope="module")
+def tiny_tokenizer():
+    """The tiny Qwen3 checkpoint's tokenizer, the one the demo trains with."""
+    from transformers import AutoTokenizer
+
+    from megatron_mcpo.models.tiny import tiny_checkpoint_dir
+
+    return AutoTokenizer.from_pretrained(tiny_checkpoint_dir("qwen3"))
+
+
 def test_no_heldout_prompt_occurs_in_the_train_split():
     train = synthetic_suite(1500, seed=0) + synthetic_suite(1500, seed=7)
     heldout = synthetic_suite(400, seed=0, split="heldout") + synthetic_suite(400, seed=3, split="heldout")
@@ -113,19 +123,16 @@ def test_length_buckets_keep_the_records_and_cut_the_padding():
     assert length_bucketed(records, 20, 1, random.Random(0)) == records
 
 
-def test_every_prompt_fits_the_demo_prompt_length():
+def test_every_prompt_fits_the_demo_prompt_length(tiny_tokenizer):
     # the longest domain (safety, ~270 tokens of which are its system prompt) exhaustively, the rest sampled
     import itertools
-
-    from transformers import AutoTokenizer
 
     from megatron_mcpo.config import load_config
     from megatron_mcpo.data.prompts import chat
     from megatron_mcpo.data.synthetic import OPENERS, SAFETY_TEMPLATES
-    from megatron_mcpo.models.tiny import tiny_checkpoint_dir
 
     limit = load_config("examples/configs/tiny_cpu.yaml").rollout.max_prompt_length
-    tok = AutoTokenizer.from_pretrained(tiny_checkpoint_dir("qwen3"))
+    tok = tiny_tokenizer
 
     def length(messages):
         return len(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"])
@@ -138,14 +145,10 @@ def test_every_prompt_fits_the_demo_prompt_length():
         assert worst <= limit, name
 
 
-def test_tiny_tokenizer_reads_numbers_one_digit_per_token():
+def test_tiny_tokenizer_reads_numbers_one_digit_per_token(tiny_tokenizer):
     # as Qwen2/3's tokenizers do: the digits of a number are the same tokens in the question and in the
     # \boxed{} answer (no " 5" vs "5", no merged "42"), so the tiny model can copy them token by token
-    from transformers import AutoTokenizer
-
-    from megatron_mcpo.models.tiny import tiny_checkpoint_dir
-
-    tok = AutoTokenizer.from_pretrained(tiny_checkpoint_dir("qwen3"))
+    tok = tiny_tokenizer
 
     def digit_tokens(text):
         pieces = [tok.decode([i]) for i in tok(text)["input_ids"]]
