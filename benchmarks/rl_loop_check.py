@@ -1,13 +1,17 @@
 """The whole RL loop on one device with the in-process HF rollout engine (`rollout.engine=hf`), through the
 command line a user runs, for benchmarks/gpu_checks.sh:
 
-  1. GRPO, 1 RL step, KL reference on (algorithm.kl_coef > 0);
-  2. MCPO-GRPO, 1 RL step, KL on, checkpoint saved;
-  3. the same run resumed from that checkpoint to step 2, with a held-out evaluation;
+  1. GRPO: a short supervised warm start (--sft-steps, cached), then 1 RL step with the KL term on
+     (algorithm.kl_coef > 0; its reference is the warmed-up policy, so the KL starts at 0);
+  2. MCPO-GRPO from the same cached warm start, 1 RL step, KL on, checkpoint saved;
+  3. that run resumed from its checkpoint to step 2 (its KL reference from the cache), with a held-out
+     evaluation;
   4. the checkpoint exported with tools/convert_megatron_to_hf.py and loaded by transformers (finite logits).
 
 Each step's metrics are checked (finite losses, a gradient, the KL term, the MCPO loss, counters continued
-on resume). The tiny embedded Qwen3 (examples/configs/tiny_cpu.yaml with run.device overridden), and the
+on resume). The warm start gives the rollouts rewards (a random model answers nothing right, so every
+advantage and the MCPO term would be exactly 0): the checks ask for a policy-gradient loss that is not 0
+and, at step 2 (past MCPO's one warm-up batch), a contrastive loss above 0 with a projection-head gradient. The tiny embedded Qwen3 (examples/configs/tiny_cpu.yaml with run.device overridden), and the
 domains that need neither the code sandbox nor math-verify by default (both are host-side and tested on
 CPU; the check machine may lack them): pass --domains to change.
 
@@ -28,6 +32,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "examples", "configs", "tiny_cpu.yaml")
 ENGINE_MISSING = 3
+# the package from this checkout for the commands it runs, installed or not (the GPU machine's is not)
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)}
 
 
 def engine_available() -> str:
@@ -43,20 +49,23 @@ def engine_available() -> str:
 
 
 def train(out: str, name: str, args, extra: list[str]) -> list[dict]:
-    """`python -m megatron_mcpo train` with the tiny config; returns the run's JSONL metric lines."""
+    """`python -m megatron_mcpo demo` (`train` after a supervised warm start, cached in OUT/warm_start.pt)
+    with the tiny config; returns the run's JSONL metric lines."""
     device, domains = args.device, args.domains
     engine = ["rollout.engine=hf"] if args.engine == "hf" else []  # vllm: the default engine
     sets = [
         f"run.device={device}", *engine, f"run.name={name}", f"run.output_dir={out}",
         f"logging.log_dir={out}/logs", "eval.before_train=false", "eval.every=0", f"data.domains={domains}",
-        "rewards.num_workers=2", "algorithm.kl_coef=0.01", *extra,
+        "rewards.num_workers=2", "algorithm.kl_coef=0.01",
+        "optimizer.lr_warmup_steps=0",  # step 1 moves the policy (warmup's first LR is 0): step 2's KL is not 0
+        *extra,
     ]
-    cmd = [sys.executable, "-m", "megatron_mcpo", "train", "--config", CONFIG]
+    cmd = [sys.executable, "-m", "megatron_mcpo", "demo", "--quiet", "--config", CONFIG, "--sft-steps",
+           str(args.sft_steps), "--warm-start-cache", os.path.join(out, "warm_start.pt")]
     for s in sets:
         cmd += ["--set", s]
     print("$", " ".join(cmd), flush=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)}
-    subprocess.run(cmd, check=True, cwd=ROOT, env=env)
+    subprocess.run(cmd, check=True, cwd=ROOT, env=ENV)
     with open(os.path.join(out, "logs", f"{name}.jsonl")) as f:
         return [json.loads(line) for line in f]
 
@@ -72,6 +81,9 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--domains", default="[science, tooluse, safety]")
     ap.add_argument("--engine", choices=["hf", "vllm"], default="hf")
+    # 100 steps: held-out accuracy ~0.18 sampled at T=1 (results/warm_start_curve_cpu.json), enough for
+    # groups with mixed rewards and for MCPO's positives
+    ap.add_argument("--sft-steps", type=int, default=100, help="supervised warm-start steps before RL")
     args = ap.parse_args()
     why = engine_available() if args.engine == "hf" else ""
     if why:
@@ -85,6 +97,8 @@ def main() -> int:
     (grpo,) = train(out, "grpo", args, ["algorithm.name=grpo", "run.total_steps=1"])
     finite(grpo, "pg_loss", "grad_norm", "kl_loss", "time/ref_logprob", "refit/seconds", "reward/all/count")
     assert grpo["step"] == 1 and grpo["grad_norm"] > 0, grpo
+    assert grpo["reward/all/acc"] > 0 and grpo["pg_loss"] != 0, "no reward signal after the warm start"
+    assert grpo["kl_loss"] < 1e-6, "the KL reference is not the policy RL started from"
     report["steps"]["grpo"] = grpo
 
     ckpt = os.path.join(out, "ckpt")
@@ -101,12 +115,14 @@ def main() -> int:
     assert second["optimizer_steps"] == 2 * first["optimizer_steps"], (first["optimizer_steps"], second["optimizer_steps"])
     finite(second, "pg_loss", "grad_norm", "kl_loss", "mcpo/loss_cl", "eval/all/count")
     assert second["mcpo/warmup_active"] == 0.0, second  # tiny_cpu.yaml: 1 warm-up optimizer step
+    assert second["mcpo/loss_cl"] > 0 and second["proj_grad_norm"] > 0, "the MCPO term did not train at step 2"
+    assert 0 < second["kl_loss"] < 0.05, "the resumed run's KL reference is not the warmed-up policy"
     report["steps"]["mcpo_step2_resumed"] = second
 
     export = os.path.join(out, "hf_export")
     tool = [sys.executable, os.path.join(ROOT, "tools", "convert_megatron_to_hf.py"), "--megatron-dir", ckpt, "--out-dir", export]
     print("$", " ".join(tool), flush=True)
-    subprocess.run(tool, check=True, cwd=ROOT)
+    subprocess.run(tool, check=True, cwd=ROOT, env=ENV)
     import torch
     from transformers import AutoModelForCausalLM
 

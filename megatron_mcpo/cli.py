@@ -114,6 +114,8 @@ def main(argv=None) -> int:
                                abstain=args.sft_abstain, length_window=args.sft_length_window)))
             if how == "loaded":
                 print(f"supervised warm start: loaded from {args.warm_start_cache}", flush=True)
+            elif how == "resumed":
+                print("supervised warm start: none (resumed from a checkpoint)", flush=True)
             else:
                 print(f"supervised warm start: {args.sft_steps} steps of {args.sft_batch} in {time.perf_counter() - tic:.0f} s,"
                       f" NLL {nll[0]:.3f} -> {nll[-1]:.3f}", flush=True)

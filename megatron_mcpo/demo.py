@@ -13,6 +13,8 @@ from typing import Callable, Optional
 
 import torch
 
+from megatron_mcpo.models.policy import unwrap
+from megatron_mcpo.training.ckpt_files import CheckpointError
 from megatron_mcpo.training.train_step import split_microbatches, train_step
 
 
@@ -123,23 +125,47 @@ def sft_warm_start(trainer, steps: int, batch_size: int = 20, seed: int = 0, lr:
     state.scheduler.step(increment=0)  # back to the RL schedule's LR
     _clear_adam_state(state.optimizer)
     state.policy.temperature = temperature
-    trainer.refit()
+    start_rl_from_policy(trainer)
     return losses
+
+
+def start_rl_from_policy(trainer) -> None:
+    """The warmed-up policy becomes RL's starting point: the engine gets its weights (refit) and, with a KL
+    term, the reference becomes a copy of them, as an SFT checkpoint is the reference in verl's and NeMo-RL's
+    recipes (the untrained weights it was built from put the KL term far from 0 at step 1)."""
+    if trainer.reference is not None:
+        for ref, chunk in zip(trainer.reference.policy.chunks, trainer.state.policy.chunks, strict=True):
+            unwrap(ref).load_state_dict(unwrap(chunk).state_dict())
+    trainer.refit()
 
 
 def cached_warm_start(trainer, path: Optional[str], warm_start) -> str:
     """Run `warm_start()` and save the policy's weights to `path`, or, when `path` already holds them, load
-    them instead (then refit): benchmarks/learning.py gives the algorithms it compares one warm start per seed.
-    Returns "ran" or "loaded"."""
-    chunks = trainer.state.policy.chunks
+    them instead (then start RL from them): benchmarks/learning.py gives the algorithms it compares one warm
+    start per seed. A resumed run (`checkpoint.load_dir` found a checkpoint) keeps its checkpoint's policy;
+    only its KL reference, when it has one, is loaded from `path`. Returns "ran", "loaded" or "resumed"."""
+    chunks = [unwrap(c) for c in trainer.state.policy.chunks]
+    resumed = trainer.rl_steps > 0
+    if resumed and trainer.reference is None:
+        return "resumed"
     if path and os.path.isfile(path):
         saved = torch.load(path, map_location=trainer.groups.device)
         if len(saved) != len(chunks):
-            raise ValueError(f"demo: {path} holds {len(saved)} model chunks, this run has {len(chunks)}")
-        for chunk, state in zip(chunks, saved):
-            chunk.load_state_dict(state)
-        trainer.refit()
+            raise CheckpointError(f"demo: {path} holds {len(saved)} model chunks, this run has {len(chunks)}")
+        targets = [unwrap(c) for c in trainer.reference.policy.chunks] if resumed else chunks
+        for chunk, state in zip(targets, saved):
+            try:
+                chunk.load_state_dict(state)
+            except RuntimeError as e:
+                raise CheckpointError(f"demo: {path} is not a warm start of this model: {str(e)[:300]}") from None
+        if resumed:
+            return "resumed"
+        start_rl_from_policy(trainer)
         return "loaded"
+    if resumed:
+        raise CheckpointError(
+            "demo: resuming a run with algorithm.kl_coef > 0 needs the first run's --warm-start-cache: the KL "
+            "reference is the warmed-up policy, which the training checkpoint does not hold")
     warm_start()
     if path and trainer.groups.world_rank == 0:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

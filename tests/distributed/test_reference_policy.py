@@ -1,5 +1,8 @@
 """The KL reference policy at PP2 (2 gloo ranks): before any update its log-probs equal the policy's
-(the KL term is exactly 0); after real optimizer steps the policy moves and the reference does not."""
+(the KL term is exactly 0); after real optimizer steps the policy moves and the reference does not; the
+demo's start_rl_from_policy (after its warm start) makes the reference the trained policy again."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -13,6 +16,7 @@ def _rank_fn(rank, hf_dir):
 
     from megatron_mcpo.algorithms.policy_loss import ppo_policy_loss
     from megatron_mcpo.config import Config
+    from megatron_mcpo.demo import start_rl_from_policy
     from megatron_mcpo.training.reference import ReferencePolicy
     from megatron_mcpo.weights.loader import load_hf_weights
 
@@ -31,8 +35,10 @@ def _rank_fn(rank, hf_dir):
     before = (megatron_logprobs(state, tokens), ref_lp())
     sgd_steps(state, fixed_tokens(seed=11))
     after = (megatron_logprobs(state, tokens), ref_lp())
+    start_rl_from_policy(SimpleNamespace(reference=ref, state=state, refit=lambda: None))
+    adopted = (megatron_logprobs(state, tokens), ref_lp())
     if not groups.is_last_stage:
-        assert before == (None, None) and after == (None, None)
+        assert before == (None, None) and after == (None, None) and adopted == (None, None)
         return None
     mask = torch.ones_like(before[0], dtype=torch.bool)
     kl = []
@@ -41,7 +47,7 @@ def _rank_fn(rank, hf_dir):
                                clip_ratio_c=3.0, loss_agg_mode="token-mean", global_num_tokens=float(mask.sum()),
                                global_num_seqs=4.0, ref_logprobs=ref_lp_, kl_coef=0.1, kl_estimator="k3")
         kl.append(float(m["kl_loss"]))
-    return {"before": before, "after": after, "kl": kl}
+    return {"before": before, "after": after, "adopted": adopted, "kl": kl}
 
 
 def test_reference_is_the_frozen_initial_policy(tiny_dirs):
@@ -50,3 +56,5 @@ def test_reference_is_the_frozen_initial_policy(tiny_dirs):
     assert torch.equal(ref0, policy0) and torch.equal(ref1, ref0)  # same forward code, same weights
     assert (policy1 - ref1).abs().max() > 1e-2  # the policy trained away from it
     assert last["kl"][0] == 0.0 and last["kl"][1] > 1e-4
+    policy2, ref2 = last["adopted"]
+    assert torch.equal(policy2, policy1) and torch.equal(ref2, policy1)  # the reference took the trained weights
