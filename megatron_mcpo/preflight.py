@@ -1,10 +1,12 @@
 """The checks of `validate()` that read files: data files, the model directory, the checkpoint a run
-resumes from or would overwrite, and the CPU engine's memory share. They run before any process group,
-model or engine exists, so a bad input costs seconds, not a model load. Torch-free.
+resumes from or would overwrite, and the CPU engine's memory share; and, in a launched run, the reward
+verifiers of its domains on the machine that scores them. They run before any process group, model or
+engine exists, so a bad input costs seconds, not a model load. Torch-free.
 """
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 from typing import Optional
 
@@ -119,3 +121,26 @@ def check_cpu_engine_memory(cfg: Config, hf_config: dict) -> None:
             f"{r.gpu_memory_utilization * total:.2f} GiB; a CPU engine for this model needs at least ~{need:.2f} GiB "
             f"(weights, ~{CPU_ENGINE_BASE_GIB:g} GiB runtime, one sequence of KV cache): set it to "
             f">= {min(1.0, need / total * 1.2):.2f}")
+
+
+def check_reward_backends(domains: list[str]) -> None:
+    """The verifiers of `domains` work on this machine: math-verify (with its LaTeX parser) imports for
+    math, and the code sandbox runs a trivial program for code. Without them every response of the domain
+    would score 0, and training would go on without a word."""
+    if "math" in domains:
+        missing = [m for m in ("math_verify", "antlr4") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ConfigError(f"data.domains: 'math' is scored with math-verify, but {' and '.join(missing)} cannot be "
+                              f"imported here (pip install 'math-verify[antlr4_13_2]'), or leave math out of data.domains")
+    if "code" in domains:
+        from megatron_mcpo.rewards.sandbox import Sandbox, SandboxUnavailable
+
+        try:
+            with Sandbox(1) as sandbox:
+                (run,) = sandbox.run("print(1)", [{"stdin": ""}])
+        except SandboxUnavailable as e:
+            raise ConfigError(f"data.domains: 'code' runs programs in the sandbox, which cannot start here: {e}; "
+                              f"or leave code out of data.domains") from None
+        if run.status != "ok" or run.stdout != "1\n":
+            raise ConfigError(f"data.domains: the code sandbox ran print(1) to '{run.status}' "
+                              f"({(run.stderr or run.stdout).strip()[:300]!r}); or leave code out of data.domains")

@@ -46,6 +46,7 @@ def _run(rank, out):
         "rollout.max_response_length=16", "algorithm.train_batch_prompts=4", "algorithm.mini_batch_prompts=4",
         "parallel.micro_batch_size=4",
         "eval.before_train=false", "eval.every=0", "run.total_steps=3", f"run.output_dir={out}",
+        "data.domains=[science, tooluse, safety]",  # the GPU check image has no math-verify (and maybe no sandbox)
         f"logging.log_dir={out}/logs"])
     trainer = build_trainer(validate_launched(cfg))
     try:

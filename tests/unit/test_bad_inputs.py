@@ -110,3 +110,50 @@ def test_train_command_end_to_end(tmp_path):
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "config error: eval.n: 4 samples per prompt need eval.temperature > 0 (0 is greedy: every sample would be the same)"]
     assert not (tmp_path / "save").exists()
+
+
+def _no_math_verify(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "math_verify" else find_spec(name, *a))
+
+
+def _sandbox_cannot_start(monkeypatch):
+    from megatron_mcpo.rewards.sandbox import Sandbox, SandboxUnavailable
+
+    def run(self, *a, **k):
+        raise SandboxUnavailable("unshare: Operation not permitted (the code sandbox needs root, ...)")
+    monkeypatch.setattr(Sandbox, "run", run)
+
+
+def _sandbox_breaks_programs(monkeypatch):
+    from megatron_mcpo.rewards.sandbox import RunResult, Sandbox
+
+    monkeypatch.setattr(Sandbox, "run", lambda self, *a, **k: [RunResult("runtime_error", stderr="ImportError: boom")])
+
+
+@pytest.mark.parametrize("broken, domains, message", [
+    (_no_math_verify, "[math, science]", "data.domains: 'math' is scored with math-verify, but math_verify cannot be imported"),
+    (_sandbox_cannot_start, "[code]", "data.domains: 'code' runs programs in the sandbox, which cannot start here: unshare"),
+    (_sandbox_breaks_programs, "[code, math]", "data.domains: the code sandbox ran print(1) to 'runtime_error' ('ImportError: boom')"),
+])
+def test_a_run_whose_verifiers_cannot_work_here_is_refused(tmp_path, capsys, monkeypatch, broken, domains, message):
+    """`mcpo train` checks the verifiers of its domains on the machine it runs on (else every response of the
+    domain would score 0, silently); `mcpo validate` (a login node may differ) does not."""
+    broken(monkeypatch)
+    args = ["--config", CONFIG, "--set", f"data.domains={domains}", "--set", f"logging.log_dir={tmp_path}/logs",
+            "--set", f"checkpoint.save_dir={tmp_path}/save", "--set", f"run.output_dir={tmp_path}/out"]
+    assert main(["validate", *args]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not any((tmp_path / d).exists() for d in ("logs", "save", "out"))
+
+
+def test_the_verifiers_work_on_this_machine():
+    from megatron_mcpo.preflight import check_reward_backends
+
+    check_reward_backends(["math", "code", "science", "tooluse", "safety"])  # the real sandbox runs print(1)
