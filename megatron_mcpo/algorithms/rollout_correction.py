@@ -110,8 +110,9 @@ def reduce_correction_metrics(metrics: dict[str, torch.Tensor], group) -> dict[s
     """Global values over the ranks of `group` (None: one process): partial sums summed, maxima maxed."""
     sums = sorted(k for k in metrics if k not in MAX_KEYS)
     maxes = sorted(k for k in metrics if k in MAX_KEYS)
-    s = torch.stack([metrics[k].double().cpu() for k in sums])
-    mx = torch.stack([metrics[k].double().cpu() for k in maxes])
+    # on the metrics' device: NCCL reduces device tensors only (a CPU tensor fails there at DP > 1)
+    s = torch.stack([metrics[k].double() for k in sums])
+    mx = torch.stack([metrics[k].double() for k in maxes])
     if group is not None and dist.get_world_size(group) > 1:
         dist.all_reduce(s, group=group)
         dist.all_reduce(mx, op=dist.ReduceOp.MAX, group=group)
