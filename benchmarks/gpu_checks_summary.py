@@ -82,10 +82,16 @@ def rl_loop(out: str) -> list[str]:
             "rollout/logprob_abs_diff_max", "time/rollout", "time/train", "eval/all/count")
     lines = [f"engine {r['engine']}, device {r['device']}, domains {r['domains']}, {r['seconds']} s; export: {r['export']['model_type']}",
              "", "| run | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for run, m in r["steps"].items():
-        cells = [f"{m[k]:.4g}" if isinstance(m.get(k), float) else str(m.get(k, "-")) for k in keys]
-        lines.append(f"| {run} | " + " | ".join(cells) + " |")
+    lines += _rows(r["steps"], keys)
+    memory = sorted({k for m in r["steps"].values() for k in m if k.startswith("memory/")})
+    if memory:  # colocated on a GPU: what each step freed and re-took
+        lines += ["", "| run | " + " | ".join(memory) + " |", "|---" * (len(memory) + 1) + "|", *_rows(r["steps"], memory)]
     return lines
+
+
+def _rows(steps: dict, keys) -> list[str]:
+    return [f"| {run} | " + " | ".join(f"{m[k]:.4g}" if isinstance(m.get(k), float) else str(m.get(k, "-")) for k in keys) + " |"
+            for run, m in steps.items()]
 
 
 def main() -> None:

@@ -7,6 +7,8 @@ command line a user runs, for benchmarks/gpu_checks.sh:
   3. that run resumed from its checkpoint to step 2 (its KL reference from the cache), with a held-out
      evaluation;
   4. the checkpoint exported with tools/convert_megatron_to_hf.py and loaded by transformers (finite logits).
+On a GPU every run is colocated with gradient-buffer and optimizer-state offload, and each step must free
+and re-take memory (the memory/* metrics, reported by benchmarks/gpu_checks_summary.py).
 
 Each step's metrics are checked (finite losses, a gradient, the KL term, the MCPO loss, counters continued
 on resume). The warm start gives the rollouts rewards (a random model answers nothing right, so every
@@ -32,6 +34,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "examples", "configs", "tiny_cpu.yaml")
 ENGINE_MISSING = 3
+# On a GPU the engine shares it with training (placement auto = colocated): sleep, offload, report the memory
+COLOCATED_OFFLOAD = ["rollout.placement=colocated", "rollout.offload_grad_buffers=true",
+                     "rollout.offload_optimizer_states=true"]
+MEMORY_FREED = ("memory/engine_sleep_freed_gb", "memory/train_state_freed_gb", "memory/engine_weights_retaken_gb")
 # the package from this checkout for the commands it runs, installed or not (the GPU machine's is not)
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)}
 
@@ -58,7 +64,7 @@ def train(out: str, name: str, args, extra: list[str]) -> list[dict]:
         f"logging.log_dir={out}/logs", "eval.before_train=false", "eval.every=0", f"data.domains={domains}",
         "rewards.num_workers=2", "algorithm.kl_coef=0.01",
         "optimizer.lr_warmup_steps=0",  # step 1 moves the policy (warmup's first LR is 0): step 2's KL is not 0
-        *extra,
+        *(COLOCATED_OFFLOAD if device == "cuda" else []), *extra,
     ]
     cmd = [sys.executable, "-m", "megatron_mcpo", "demo", "--quiet", "--config", CONFIG, "--sft-steps",
            str(args.sft_steps), "--warm-start-cache", os.path.join(out, "warm_start.pt")]
@@ -118,6 +124,9 @@ def main() -> int:
     assert second["mcpo/loss_cl"] > 0 and second["proj_grad_norm"] > 0, "the MCPO term did not train at step 2"
     assert 0 < second["kl_loss"] < 0.05, "the resumed run's KL reference is not the warmed-up policy"
     report["steps"]["mcpo_step2_resumed"] = second
+    if args.device == "cuda":  # each process's step hands the GPU over both ways
+        for m in (grpo, first, second):
+            assert all(m[k] > 0 for k in MEMORY_FREED), {k: m.get(k) for k in MEMORY_FREED}
 
     export = os.path.join(out, "hf_export")
     tool = [sys.executable, os.path.join(ROOT, "tools", "convert_megatron_to_hf.py"), "--megatron-dir", ckpt, "--out-dir", export]
