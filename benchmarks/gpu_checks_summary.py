@@ -56,8 +56,12 @@ def train_step(out: str) -> list[str]:
                   "| system | micro-batch | tokens/s | peak GiB | MFU vs 989 | MFU vs matmul |", "|---|---|---|---|---|---|"]
         for system, runs in r["runs"].items():
             for key, m in runs.items():
-                lines.append(f"| {system} | {key.split('_')[-1]} | {m['tokens_per_s']} | {m.get('peak_memory_gib', '-')} | "
-                             f"{m['mfu_vs_989_tflops']} | {m['mfu_vs_measured_matmul']} |")
+                cells = [m.get(k, "-") for k in ("tokens_per_s", "peak_memory_gib", "mfu_vs_989_tflops", "mfu_vs_measured_matmul")]
+                if "error" in m:
+                    cells[0] = m["error"]
+                lines.append(f"| {system} | {key.split('_')[-1]} | " + " | ".join(map(str, cells)) + " |")
+        if not r.get("complete", True):
+            lines += ["", "(cut short: the systems above are all that ran)"]
         lines += ["", "Ratios (ours / peer): `" + json.dumps(r["ratios"]) + "`", "",
                   "Systems: `" + json.dumps({k: {f: v[f] for f in ("precision", "layer_spec", "core_attention") if f in v}
                                              for k, v in r["systems"].items()}) + "`", ""]

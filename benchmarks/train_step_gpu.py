@@ -249,6 +249,10 @@ def main() -> None:
     if args.profile_dir:
         os.makedirs(args.profile_dir, exist_ok=True)
 
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                   f"train_step_gpu_{args.preset}_{args.device}.json")
+    setup = {"device": args.device, "micro_batches_per_step": args.micro_batches, "seq_len": args.seq_len,
+             "warmup_steps": args.warmup, "tokens_per_step": {f"micro_batch_{m}": m * args.micro_batches * args.seq_len for m in sizes}}
     runs, described = {}, {}
     for name in systems:
         gc.collect()
@@ -264,13 +268,19 @@ def main() -> None:
         described[name] = desc
         runs[name] = {}
         for mbs in sizes:
-            r = measure(step, batches[mbs], device, args.steps, args.warmup)
-            tokens = mbs * args.micro_batches * args.seq_len
-            r["tokens_per_s"] = round(tokens / r["step_s_median"], 1)
-            flops = flops_per_token * r["tokens_per_s"]
-            r["model_tflops_per_s"] = round(flops / 1e12, 2)
-            r["mfu_vs_989_tflops"] = round(flops / PEAK_BF16_FLOPS, 4)
-            r["mfu_vs_measured_matmul"] = round(flops / matmul, 4)
+            try:
+                r = measure(step, batches[mbs], device, args.steps, args.warmup)
+            except torch.OutOfMemoryError as e:  # recorded; the other sizes and systems still run
+                r = {"error": f"out of memory: {str(e).splitlines()[0][:200]}"}
+                gc.collect()
+                torch.cuda.empty_cache()
+            else:
+                tokens = mbs * args.micro_batches * args.seq_len
+                r["tokens_per_s"] = round(tokens / r["step_s_median"], 1)
+                flops = flops_per_token * r["tokens_per_s"]
+                r["model_tflops_per_s"] = round(flops / 1e12, 2)
+                r["mfu_vs_989_tflops"] = round(flops / PEAK_BF16_FLOPS, 4)
+                r["mfu_vs_measured_matmul"] = round(flops / matmul, 4)
             runs[name][f"micro_batch_{mbs}"] = r
             print(name, f"micro-batch {mbs}:", r, flush=True)
         if args.profile_dir:
@@ -280,35 +290,32 @@ def main() -> None:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        # after every system: a run cut short by its time limit still leaves what it measured
+        write_result(out, {
+            "benchmark": "train_step_gpu",
+            "model": {"preset": args.preset, **{k: hf[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size",
+                                                                   "num_attention_heads", "num_key_value_heads")}},
+            "setup": setup, "systems": described, "model_flops_per_token": flops_per_token,
+            "matmul_tflops_per_s_same_run": round(matmul / 1e12, 2), "runs": runs, "ratios": ratios_vs_peers(runs),
+            "complete": name == systems[-1],
+            "target": "ours >= 1.0x hf_amp and hf_bf16 tokens/s at every micro-batch size; peak memory <= hf_amp's",
+        })
 
+
+def ratios_vs_peers(runs: dict) -> dict:
+    """ours / each peer: tokens/s and peak memory per micro-batch size both measured (none where one failed)."""
     ratios = {}
-    if "ours" in runs:
-        for peer in (s for s in systems if s != "ours"):
-            per = {}
-            for key, ours in runs["ours"].items():
-                other = runs[peer][key]
-                per[key] = {"tokens_per_s": round(ours["tokens_per_s"] / other["tokens_per_s"], 3)}
-                if "peak_memory_gib" in ours:
-                    per[key]["peak_memory"] = round(ours["peak_memory_gib"] / other["peak_memory_gib"], 3)
-            ratios[f"ours_vs_{peer}"] = per
-    result = {
-        "benchmark": "train_step_gpu",
-        "model": {"preset": args.preset, **{k: hf[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size",
-                                                               "num_attention_heads", "num_key_value_heads")}},
-        "setup": {"device": args.device, "micro_batches_per_step": args.micro_batches, "seq_len": args.seq_len,
-                  "warmup_steps": args.warmup,
-                  "tokens_per_step": {f"micro_batch_{m}": m * args.micro_batches * args.seq_len for m in sizes}},
-        "systems": described,
-        "model_flops_per_token": flops_per_token,
-        "matmul_tflops_per_s_same_run": round(matmul / 1e12, 2),
-        "runs": runs,
-        "ratios": ratios,
-        "target": "ours >= 1.0x hf_amp and hf_bf16 tokens/s at every micro-batch size; peak memory <= hf_amp's",
-    }
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"train_step_gpu_{args.preset}_{args.device}.json")
-    write_result(out, result)
-
+    for peer in (s for s in runs if s != "ours" and "ours" in runs):
+        per = {}
+        for key, ours in runs["ours"].items():
+            other = runs[peer].get(key, {})
+            if "tokens_per_s" not in ours or "tokens_per_s" not in other:
+                continue
+            per[key] = {"tokens_per_s": round(ours["tokens_per_s"] / other["tokens_per_s"], 3)}
+            if "peak_memory_gib" in ours:
+                per[key]["peak_memory"] = round(ours["peak_memory_gib"] / other["peak_memory_gib"], 3)
+        ratios[f"ours_vs_{peer}"] = per
+    return ratios
 
 if __name__ == "__main__":
     main()
