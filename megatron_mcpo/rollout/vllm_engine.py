@@ -254,11 +254,16 @@ class VLLMEngine:
 
     def _watched(self, what: str, fn: Callable, *args, **kwargs):
         """fn(*args, **kwargs) on a daemon thread (a call into a dead engine may block forever, and must
-        not keep the process from exiting) while this thread watches the engine."""
+        not keep the process from exiting) while this thread watches the engine. The thread works on this
+        thread's GPU: the current CUDA device is per thread and starts at 0, and a colocated engine runs its
+        model in this process (on rank k, unindexed "cuda" tensors and streams would land on GPU 0)."""
         future: Future = Future()
+        device = torch.cuda.current_device() if self.on_gpu and torch.cuda.is_initialized() else None
 
         def run():
             try:
+                if device is not None:
+                    torch.cuda.set_device(device)
                 future.set_result(fn(*args, **kwargs))
             except BaseException as e:
                 future.set_exception(e)

