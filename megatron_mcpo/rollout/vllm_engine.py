@@ -346,6 +346,10 @@ class VLLMEngine:
         # they are killed outright (they hold nothing to save), then vLLM cleans up its side.
         import psutil
 
+        engine = getattr(self, "llm", None)
+        resources = getattr(getattr(getattr(engine, "llm_engine", None), "engine_core", None), "resources", None)
+        if resources is not None:  # a deliberate end (vLLM's own clean-up sets it too): its liveness monitor
+            resources.engine_dead = True  # stays quiet instead of logging "engine core exited unexpectedly"
         procs = getattr(self, "_procs", [])
         for p in procs:
             try:
@@ -353,7 +357,6 @@ class VLLMEngine:
             except psutil.Error:  # gone already
                 pass
         psutil.wait_procs(procs, timeout=30)  # their memory is free once this returns
-        engine = getattr(self, "llm", None)
         if engine is not None:
             core = getattr(engine.llm_engine, "engine_core", None)
             if core is not None:
