@@ -12,6 +12,7 @@ import random
 from typing import Callable, Optional
 
 import torch
+import torch.distributed as dist
 
 from megatron_mcpo.models.policy import unwrap
 from megatron_mcpo.training.ckpt_files import CheckpointError
@@ -143,13 +144,18 @@ def cached_warm_start(trainer, path: Optional[str], warm_start) -> str:
     """Run `warm_start()` and save the policy's weights to `path`, or, when `path` already holds them, load
     them instead (then start RL from them): benchmarks/learning.py gives the algorithms it compares one warm
     start per seed. A resumed run (`checkpoint.load_dir` found a checkpoint) keeps its checkpoint's policy;
-    only its KL reference, when it has one, is loaded from `path`. Returns "ran", "loaded" or "resumed"."""
+    only its KL reference, when it has one, is loaded from `path`. Returns "ran", "loaded" or "resumed".
+    Under TP/PP each model-parallel rank keeps its own shard in `path`.tp<i>-pp<j>; the cache is used only
+    when every rank finds its file (collective), so a half-written set is warmed up again, not half-loaded."""
+    g = trainer.groups
     chunks = [unwrap(c) for c in trainer.state.policy.chunks]
     resumed = trainer.rl_steps > 0
     if resumed and trainer.reference is None:
         return "resumed"
-    if path and os.path.isfile(path):
-        saved = torch.load(path, map_location=trainer.groups.device)
+    if path and g.tp_size * g.pp_size > 1:
+        path = f"{path}.tp{g.tp_rank}-pp{g.pp_rank}"
+    if path and _on_every_rank(os.path.isfile(path), g.device):
+        saved = torch.load(path, map_location=g.device)
         if len(saved) != len(chunks):
             raise CheckpointError(f"demo: {path} holds {len(saved)} model chunks, this run has {len(chunks)}")
         targets = [unwrap(c) for c in trainer.reference.policy.chunks] if resumed else chunks
@@ -167,11 +173,20 @@ def cached_warm_start(trainer, path: Optional[str], warm_start) -> str:
             "demo: resuming a run with algorithm.kl_coef > 0 needs the first run's --warm-start-cache: the KL "
             "reference is the warmed-up policy, which the training checkpoint does not hold")
     warm_start()
-    if path and trainer.groups.world_rank == 0:
+    if path and g.dp_rank == 0:  # the data-parallel replicas hold the same shard
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         torch.save([chunk.state_dict() for chunk in chunks], path + ".tmp")
         os.replace(path + ".tmp", path)  # a killed run leaves no half-written cache behind
     return "ran"
+
+
+def _on_every_rank(flag: bool, device) -> bool:
+    """`flag` and-ed over every rank of the run (collective; a single process: `flag`)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
 
 
 def held_out_change(history: list[dict]) -> dict[str, tuple[float, float]]:

@@ -1,7 +1,9 @@
 """demo --warm-start-cache: the first run warms up and saves the policy's chunks atomically; a later run loads
 them instead (and refits the engine); a cache of another model layout is refused by name. The KL reference
 starts from the warmed-up policy, also on resume (from the cache: the training checkpoint does not hold it),
-and a resumed run keeps its checkpoint's policy."""
+and a resumed run keeps its checkpoint's policy. Under TP each model-parallel rank caches its own shard,
+and the cache is used only when every rank has its file."""
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -19,7 +21,7 @@ def _trainer(chunks, reference=None, rl_steps=0):
     refits = []
     trainer = SimpleNamespace(state=SimpleNamespace(policy=SimpleNamespace(chunks=chunks)),
                               reference=reference and SimpleNamespace(policy=SimpleNamespace(chunks=reference)),
-                              groups=SimpleNamespace(device=torch.device("cpu"), world_rank=0),
+                              groups=SimpleNamespace(device=torch.device("cpu"), dp_rank=0, tp_size=1, pp_size=1),
                               refit=lambda: refits.append(1), rl_steps=rl_steps)
     return trainer, refits
 
@@ -76,3 +78,37 @@ def test_without_a_path_it_only_warms_up():
     trainer, refits = _trainer(_chunks(2, 2))
     ran = []
     assert cached_warm_start(trainer, None, lambda: ran.append(1)) == "ran" and ran == [1] and refits == []
+
+
+def _tp2_rank(rank, path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+
+    def trainer(seed):
+        torch.manual_seed(seed)
+        t, _ = _trainer(_chunks(4, 3))
+        t.groups.tp_size, t.groups.tp_rank, t.groups.pp_rank = 2, rank, 0
+        return t
+
+    warmed = trainer(10 + rank)  # each TP rank holds a different shard
+    assert cached_warm_start(warmed, path, _warm(warmed)) == "ran"
+    dist.barrier()
+    fresh = trainer(20 + rank)
+    loaded = cached_warm_start(fresh, path, lambda: pytest.fail("the cache was not used"))
+    same = _equal(warmed.state.policy.chunks, fresh.state.policy.chunks)
+    if rank == 1:
+        os.remove(f"{path}.tp1-pp0")
+    dist.barrier()
+    ran = []
+    partial = cached_warm_start(trainer(30 + rank), path, lambda: ran.append(1))
+    return loaded, same, partial, ran
+
+
+def test_tp_ranks_cache_their_own_shards_and_use_them_only_all_together(tmp_path):
+    from dist_utils import run_distributed
+
+    path = str(tmp_path / "warm.pt")
+    for rank_result in run_distributed(_tp2_rank, world_size=2, timeout=120, path=path):
+        assert rank_result == ("loaded", True, "ran", [1])
+    assert sorted(os.listdir(tmp_path)) == ["warm.pt.tp0-pp0", "warm.pt.tp1-pp0"]
