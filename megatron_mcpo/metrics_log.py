@@ -97,6 +97,10 @@ class WandbBackend:
 
     def close(self) -> None:
         self.run.finish()
+        # finish() can return before wandb's service has flushed the run file (an offline run read right
+        # after held only its header, once in CI); teardown waits for it, as the atexit hook would, which
+        # torchrun's and multiprocessing's workers do not reliably run
+        self.wandb.teardown()
 
 
 class MetricsLogger:
