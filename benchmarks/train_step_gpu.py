@@ -317,5 +317,6 @@ def ratios_vs_peers(runs: dict) -> dict:
         ratios[f"ours_vs_{peer}"] = per
     return ratios
 
+
 if __name__ == "__main__":
     main()
