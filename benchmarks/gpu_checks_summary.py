@@ -53,10 +53,12 @@ def train_step(out: str) -> list[str]:
         lines += [f"`{os.path.basename(path)}` ({r['model']['preset']}, seq {r['setup']['seq_len']}, "
                   f"{r['setup']['micro_batches_per_step']} micro-batches/step; matmul {r['matmul_tflops_per_s_same_run']} TFLOP/s "
                   f"measured):", "",
-                  "| system | micro-batch | tokens/s | peak GiB | MFU vs 989 | MFU vs matmul |", "|---|---|---|---|---|---|"]
+                  "| system | micro-batch | tokens/s | peak GiB | saved for backward MiB | MFU vs 989 | MFU vs matmul |",
+                  "|---|---|---|---|---|---|---|"]
         for system, runs in r["runs"].items():
             for key, m in runs.items():
                 cells = [m.get(k, "-") for k in ("tokens_per_s", "peak_memory_gib", "mfu_vs_989_tflops", "mfu_vs_measured_matmul")]
+                cells.insert(2, m.get("saved_for_backward", {}).get("mib", "-"))
                 if "error" in m:
                     cells[0] = m["error"]
                 lines.append(f"| {system} | {key.split('_')[-1]} | " + " | ".join(map(str, cells)) + " |")

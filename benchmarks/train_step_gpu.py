@@ -2,7 +2,7 @@
 model, in the same run, same batch, sequence length, precision and optimizer family.
 
     python benchmarks/train_step_gpu.py [--steps 5] [--micro-batches 4] [--micro-batch-sizes 1,4]
-                                        [--seq-len 2048] [--profile-dir DIR] [--out PATH]
+                                        [--seq-len 2048] [--num-layers N] [--profile-dir DIR] [--out PATH]
     python benchmarks/train_step_gpu.py --preset tiny --device cpu   # the smoke run of the same code (< 1 min)
 
 Systems (each built, measured at every micro-batch size, then freed before the next; HF first, so
@@ -21,6 +21,9 @@ Model FLOPs per trained token (no recompute; forward x3 for forward + backward):
   6 * (P_layers + V * h)  +  6 * L * s * q      (the second term: QK^T and AV under a causal mask, s/2 keys
                                                  on average, 2 matmuls x 2 FLOPs x 3; q = heads * head_dim)
 MFU = model FLOPs/s / 989e12 (H100/H200 SXM dense bf16), and against a bf16 matmul rate measured in the run.
+Activation memory: the bytes each system's forward saves for backward per micro-batch (saved_for_backward()),
+by dtype, on any device: the part of the peak that grows with tokens, measurable on CPU at the 1B shape
+(`--num-layers 2 --seq-len 512 --cpu-swiglu-fusion` keeps that run to minutes) to predict the GPU ratio.
 """
 from __future__ import annotations
 
@@ -83,7 +86,7 @@ def _gib(n: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- systems
-# Each builder returns (step_fn(microbatches of token tensors [b, s]), description, release_fn).
+# Each builder returns (step_fn(microbatches of token tensors [b, s]), description, release_fn, parameters_fn).
 
 
 def build_hf(hf: dict, device: torch.device, recipe: str):
@@ -114,18 +117,22 @@ def build_hf(hf: dict, device: torch.device, recipe: str):
         nonlocal model, optimizer
         model = optimizer = None
 
+    def parameters():
+        return model.parameters()
+
     precision = ("bf16 params/grads/Adam states" if half else
                  "fp32 master params and grads, bf16 autocast" if autocast else "fp32")
     desc = {"implementation": "transformers LlamaForCausalLM, attn_implementation=sdpa",
             "precision": precision, "optimizer": f"torch AdamW (fused={device.type == 'cuda'}), grad clip 1.0",
             "loss": "HF causal-LM loss (labels = tokens)",
             "parameters": sum(p.numel() for p in model.parameters())}
-    return step, desc, release
+    return step, desc, release, parameters
 
 
-def build_ours(hf: dict, device: torch.device, transformer_impl: str):
+def build_ours(hf: dict, device: torch.device, transformer_impl: str, cpu_swiglu_fusion: bool = False):
     from megatron_mcpo.config import Config
     from megatron_mcpo.distributed import init_distributed
+    from megatron_mcpo.models.policy import unwrap
     from megatron_mcpo.models.provider import use_transformer_engine
     from megatron_mcpo.training.optimizer import setup_train_state
     from megatron_mcpo.training.train_step import train_step
@@ -137,6 +144,9 @@ def build_ours(hf: dict, device: torch.device, transformer_impl: str):
     cfg.optimizer.lr = 1e-5
     groups = init_distributed(device=device.type)
     state = setup_train_state(cfg, hf, groups)
+    if cpu_swiglu_fusion:  # the GPU build's fused SwiGLU (megatron reads the flag at forward time)
+        for chunk in state.policy.chunks:
+            unwrap(chunk).config.bias_activation_fusion = True
 
     def step(microbatches: list[torch.Tensor]) -> None:
         total = float(sum(t.numel() for t in microbatches))
@@ -152,14 +162,18 @@ def build_ours(hf: dict, device: torch.device, transformer_impl: str):
         nonlocal state
         state = None
 
+    def parameters():
+        return state.policy.parameters()
+
     desc = {"implementation": "megatron_mcpo train_step (megatron-core GPTModel, DDP, Megatron optimizer)",
             "layer_spec": "transformer_engine" if use_transformer_engine(cfg.model, device) else "local",
+            "swiglu": "fused" if unwrap(state.policy.chunks[0]).config.bias_activation_fusion else "unfused",
             "core_attention": type(_core_attention(state)).__name__,
             "precision": f"{cfg.model.params_dtype} params" + (", fp32 main params and grads" if device.type == "cuda" else ""),
             "optimizer": "megatron Adam (TE/apex fused where installed, else torch AdamW), grad clip 1.0",
             "loss": "-sum log-prob / tokens via vocab-parallel log-probs + entropy",
             "parameters": sum(p.numel() for p in state.policy.parameters())}
-    return step, desc, release
+    return step, desc, release, parameters
 
 
 def _core_attention(state):
@@ -187,6 +201,32 @@ def measure(step: Callable, batches: list[torch.Tensor], device: torch.device, s
     if device.type == "cuda":
         out["peak_memory_gib"] = _gib(torch.cuda.max_memory_allocated(device))
     return out
+
+
+def saved_for_backward(step: Callable, tokens: torch.Tensor, parameters) -> dict:
+    """What autograd holds for backward after the forward of one micro-batch (`tokens` [b, s], run as a
+    one-micro-batch step): every saved tensor counted once by its storage, the parameters' own storages
+    left out (resident anyway). This is the activation memory a micro-batch costs, comparable across
+    systems and between CPU and GPU, where the CUDA peak mixes it with the caching allocator and the
+    optimizer's transients. Autocast's bf16 weight copies count: they live until the backward."""
+    param_storages = {p.untyped_storage().data_ptr() for p in parameters}
+    saved: dict[int, tuple[int, torch.dtype]] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in param_storages and ptr not in saved:
+            saved[ptr] = (storage.nbytes(), t.dtype)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step([tokens])
+    by_dtype: dict[str, int] = {}
+    for nbytes, dtype in saved.values():
+        by_dtype[str(dtype).removeprefix("torch.")] = by_dtype.get(str(dtype).removeprefix("torch."), 0) + nbytes
+    total = sum(by_dtype.values())
+    return {"mib": round(total / 2**20, 1), "kib_per_token": round(total / 2**10 / tokens.numel(), 1),
+            "mib_by_dtype": {k: round(v / 2**20, 1) for k, v in sorted(by_dtype.items())}}
 
 
 def profile_step(step: Callable, batches: list[torch.Tensor], device: torch.device, path: str, rows: int = 30) -> None:
@@ -217,8 +257,12 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2; tiny: 1)")
     p.add_argument("--micro-batch-sizes", default="1,4", help="comma-separated sequences per micro-batch")
     p.add_argument("--seq-len", type=int, default=None, help="default 2048; tiny: 128")
+    p.add_argument("--num-layers", type=int, default=None, help="override the preset's layer count")
     p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {','.join(SYSTEMS)}")
     p.add_argument("--transformer-impl", choices=["auto", "local", "transformer_engine"], default="auto")
+    p.add_argument("--cpu-swiglu-fusion", action="store_true",
+                   help="on CPU, ours with the fused SwiGLU of the GPU build (torch.compile'd; compiles in the warm-up), "
+                        "to predict the GPU's activation memory")
     p.add_argument("--profile-dir", default=None, help="write a torch.profiler top-kernel table per system (micro-batch size 1)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
@@ -227,6 +271,8 @@ def main() -> None:
     args.micro_batches = args.micro_batches or (2 if tiny else 4)
     args.warmup = args.warmup if args.warmup is not None else (1 if tiny else 2)
     args.seq_len = args.seq_len or (128 if tiny else 2048)
+    if args.cpu_swiglu_fusion and args.device != "cpu":
+        sys.exit("train_step_gpu: --cpu-swiglu-fusion is for --device cpu (the GPU build fuses SwiGLU already)")
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("train_step_gpu: no CUDA device (use --device cpu --preset tiny for a smoke run)")
     device = torch.device(args.device, 0) if args.device == "cuda" else torch.device("cpu")
@@ -241,6 +287,8 @@ def main() -> None:
     systems.sort(key=SYSTEMS.index)  # HF peers first (see the module doc)
     sizes = [int(x) for x in args.micro_batch_sizes.split(",")]
     hf = {**PRESETS[args.preset], **COMMON}
+    if args.num_layers:
+        hf["num_hidden_layers"] = args.num_layers
     flops_per_token = model_flops_per_token(hf, args.seq_len)
     matmul = matmul_flops_per_s(device, 8192 if device.type == "cuda" else 1024)
     g = torch.Generator().manual_seed(0)
@@ -250,7 +298,8 @@ def main() -> None:
         os.makedirs(args.profile_dir, exist_ok=True)
 
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"train_step_gpu_{args.preset}_{args.device}.json")
+                                   f"train_step_gpu_{args.preset}{f'_{args.num_layers}l' if args.num_layers else ''}"
+                                   f"{'_fused_swiglu' if args.cpu_swiglu_fusion else ''}_{args.device}.json")
     setup = {"device": args.device, "micro_batches_per_step": args.micro_batches, "seq_len": args.seq_len,
              "warmup_steps": args.warmup, "tokens_per_step": {f"micro_batch_{m}": m * args.micro_batches * args.seq_len for m in sizes}}
     runs, described = {}, {}
@@ -259,9 +308,9 @@ def main() -> None:
         resident = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
         t0 = time.perf_counter()
         if name == "ours":
-            step, desc, release = build_ours(hf, device, args.transformer_impl)
+            step, desc, release, parameters = build_ours(hf, device, args.transformer_impl, args.cpu_swiglu_fusion)
         else:
-            step, desc, release = build_hf(hf, device, name)
+            step, desc, release, parameters = build_hf(hf, device, name)
         desc["build_s"] = round(time.perf_counter() - t0, 2)
         if device.type == "cuda":
             desc["resident_before_build_gib"] = _gib(resident)  # what another system left behind (should be ~0)
@@ -281,6 +330,7 @@ def main() -> None:
                 r["model_tflops_per_s"] = round(flops / 1e12, 2)
                 r["mfu_vs_989_tflops"] = round(flops / PEAK_BF16_FLOPS, 4)
                 r["mfu_vs_measured_matmul"] = round(flops / matmul, 4)
+                r["saved_for_backward"] = saved_for_backward(step, batches[mbs][0], parameters())
             runs[name][f"micro_batch_{mbs}"] = r
             print(name, f"micro-batch {mbs}:", r, flush=True)
         if args.profile_dir:
@@ -298,7 +348,8 @@ def main() -> None:
             "setup": setup, "systems": described, "model_flops_per_token": flops_per_token,
             "matmul_tflops_per_s_same_run": round(matmul / 1e12, 2), "runs": runs, "ratios": ratios_vs_peers(runs),
             "complete": name == systems[-1],
-            "target": "ours >= 1.0x hf_amp and hf_bf16 tokens/s at every micro-batch size; peak memory <= hf_amp's",
+            "target": ("ours >= 1.0x hf_amp and hf_bf16 tokens/s at every micro-batch size; peak memory <= hf_amp's; "
+                       "saved-for-backward bytes <= hf_bf16's"),
         })
 
 
@@ -314,6 +365,7 @@ def ratios_vs_peers(runs: dict) -> dict:
             per[key] = {"tokens_per_s": round(ours["tokens_per_s"] / other["tokens_per_s"], 3)}
             if "peak_memory_gib" in ours:
                 per[key]["peak_memory"] = round(ours["peak_memory_gib"] / other["peak_memory_gib"], 3)
+            per[key]["saved_for_backward"] = round(ours["saved_for_backward"]["mib"] / other["saved_for_backward"]["mib"], 3)
         ratios[f"ours_vs_{peer}"] = per
     return ratios
 
