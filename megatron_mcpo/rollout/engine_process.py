@@ -6,7 +6,9 @@ In each engine process (a colocated worker lives in the trainer rank and is left
   the process that started it (the trainer rank) dies, kill -9 included, so an engine never outlives its
   trainer holding memory; a watchdog thread covers systems without prctl. SIGTERM and SIGINT are
   ignored: a preemption signal reaches every process of the job, and the trainer, which handles it,
-  still needs its engine to finish the step; the trainer ends the engine itself (VLLMEngine.shutdown).
+  still needs its engine to finish the step; the trainer ends the engine itself (VLLMEngine.shutdown)
+  with SHUTDOWN_SIGNAL, on which the processes unwind as vLLM's SIGTERM would have them (shared memory
+  unlinked, workers ended through their death pipes) and leave without the interpreter's finalization.
 - the reload warnings are explained once: an in-place refit sends no tensors for modules that have none
   in a checkpoint (rotary embeddings, an LM head tied to the embedding), and vLLM's layerwise reload
   logs "<Layer>: Failed to load weights" for each at every refit; those layers keep their (correct)
@@ -14,6 +16,7 @@ In each engine process (a colocated worker lives in the trainer rank and is left
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import logging
 import multiprocessing
@@ -65,6 +68,27 @@ class _ExplainReloadWarnings(logging.Filter):
         return True
 
 
+SHUTDOWN_SIGNAL = signal.SIGUSR1  # the trainer's "end now" (VLLMEngine.shutdown), in place of SIGTERM
+
+
+def _end_on_request(signum, frame):
+    """The trainer is ending the engine. The engine core unwinds its busy loop as on vLLM's own SIGTERM,
+    so it closes its queues, unlinks its shared memory and ends its workers through their death pipes;
+    a worker waits for that. Either then leaves without the interpreter's finalization (seconds of
+    module teardown in a process that holds nothing to save)."""
+    signal.signal(signum, signal.SIG_IGN)
+    atexit.register(_leave_now)  # registered last, so it runs first of the exit handlers
+    if multiprocessing.current_process().name.startswith("EngineCore"):
+        raise SystemExit()
+
+
+def _leave_now() -> None:
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 _ENGINE_PROCESSES = ("EngineCore", "VllmWorker")  # multiprocessing names vLLM gives its processes
 PLUGIN = "mcpo_engine_process_setup"
 
@@ -76,6 +100,7 @@ def engine_process_setup() -> None:
     _die_with_parent()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
+    signal.signal(SHUTDOWN_SIGNAL, _end_on_request)
     logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(_ExplainReloadWarnings())
 
 

@@ -34,6 +34,7 @@ from megatron_mcpo.rollout import broadcast
 from megatron_mcpo.rollout.engine import EngineDiedError, Prompt, Sample, SamplingSpec, prompt_token_ids
 
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "auto": "auto"}
+_SHUTDOWN_GRACE_S = 15.0  # for the engine processes to end by themselves before they are killed
 
 
 class RefitWorkerExtension:
@@ -101,6 +102,26 @@ def _lowest_cpu_priority(procs) -> None:
                 os.setpriority(os.PRIO_PROCESS, tid, 19)
             except OSError:  # a thread that has just ended
                 pass
+
+
+def _wait_exited(procs: list, timeout: float) -> list:
+    """Wait until every process has exited; returns those still running after `timeout` seconds. An
+    exited child is left as a zombie for multiprocessing to reap (psutil.wait_procs would reap it, and
+    vLLM's clean-up at interpreter exit would then take its pid for alive and signal it)."""
+    import psutil
+
+    def running(p) -> bool:
+        try:
+            return p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + timeout
+    alive = [p for p in procs if running(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in alive if running(p)]
+    return alive
 
 
 class VLLMEngine:
@@ -342,9 +363,12 @@ class VLLMEngine:
         self.llm.wake_up(tags=tags)
 
     def shutdown(self) -> None:
-        # The engine's processes ignore SIGTERM (vllm_worker.py), which vLLM's own shutdown sends first:
-        # they are killed outright (they hold nothing to save), then vLLM cleans up its side.
+        # The engine's processes ignore SIGTERM (engine_process.py), which vLLM's own shutdown sends: they
+        # are asked to end with SHUTDOWN_SIGNAL instead (each unwinds as on vLLM's SIGTERM, releasing its
+        # shared memory), killed if still there after the grace period, then vLLM cleans up its side.
         import psutil
+
+        from megatron_mcpo.rollout.engine_process import SHUTDOWN_SIGNAL
 
         engine = getattr(self, "llm", None)
         resources = getattr(getattr(getattr(engine, "llm_engine", None), "engine_core", None), "resources", None)
@@ -353,10 +377,16 @@ class VLLMEngine:
         procs = getattr(self, "_procs", [])
         for p in procs:
             try:
-                p.kill()
+                p.send_signal(SHUTDOWN_SIGNAL)
             except psutil.Error:  # gone already
                 pass
-        psutil.wait_procs(procs, timeout=30)  # their memory is free once this returns
+        alive = _wait_exited(procs, _SHUTDOWN_GRACE_S)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        _wait_exited(alive, 30.0)  # their memory is free once this returns
         if engine is not None:
             core = getattr(engine.llm_engine, "engine_core", None)
             if core is not None:

@@ -77,3 +77,35 @@ def test_engine_dies_with_its_trainer(tiny_dirs):
         time.sleep(0.5)
         alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert not alive, f"engine processes {alive} outlived their parent"
+
+
+ENDED = """
+import sys, time
+from megatron_mcpo.rollout.engine import SamplingSpec
+from megatron_mcpo.rollout.vllm_engine import VLLMEngine
+if __name__ == "__main__":
+    eng = VLLMEngine(sys.argv[1], seed=0, dtype="fp32", gpu_memory_utilization=0.1, max_model_len=128)
+    eng.generate([[5, 17, 99]], SamplingSpec(n=2, temperature=1.0, max_tokens=8))
+    pids = [p.pid for p in eng._procs]
+    tic = time.monotonic()
+    eng.shutdown()
+    print("ENDED", round(time.monotonic() - tic, 2), *pids, flush=True)
+"""
+
+
+def test_shutdown_ends_the_engine_cleanly(tiny_dirs):
+    """A deliberate end: the engine's processes unwind (queues closed, shared memory unlinked) instead of
+    being killed, within seconds, and the trainer's interpreter exits without vLLM signalling a pid it
+    no longer owns or the resource tracker finding leaked shared memory."""
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    done = subprocess.run([sys.executable, "-c", ENDED, tiny_dirs["qwen3"]], capture_output=True, text=True,
+                          env=env, timeout=300)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-3000:]
+    ended = next(line.split() for line in done.stdout.splitlines() if line.startswith("ENDED"))
+    seconds, pids = float(ended[1]), [int(p) for p in ended[2:]]
+    assert len(pids) >= 2  # the engine core and its worker
+    assert seconds < 10, f"shutdown took {seconds} s"
+    for unclean in ("leaked shared_memory", "leaked semaphore", "WorkerProc was terminated", "force killing"):
+        assert unclean not in log, f"'{unclean}' in the log:\n{log[-3000:]}"
+    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
