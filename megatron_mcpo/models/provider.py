@@ -110,6 +110,7 @@ def transformer_config_from_hf(hf: dict, model: ModelConfig, parallel: ParallelC
         # activation and a gradient bound for the same peer (PP=2 with VPP) cross. Ordered ops on CPU.
         batch_p2p_comm=not on_cpu,
         init_method_std=hf.get("initializer_range", 0.02),
+        cuda_graph_scope=[],  # megatron's default ("full") is its own deprecated spelling of this: it warns
     )
     kwargs.update(family.transformer)  # what differs between families (models/families.py)
     if model.recompute_granularity is not None:
