@@ -68,7 +68,9 @@ class _ExplainReloadWarnings(logging.Filter):
         return True
 
 
-SHUTDOWN_SIGNAL = signal.SIGUSR1  # the trainer's "end now" (VLLMEngine.shutdown), in place of SIGTERM
+# The trainer's "end now" (VLLMEngine.shutdown), in place of SIGTERM: a real-time signal, which no scheduler
+# sends job-wide (Slurm's --signal and scancel users pick TERM, USR1 or USR2) and glibc leaves to programs.
+SHUTDOWN_SIGNAL = signal.SIGRTMIN + 4
 
 
 def _end_on_request(signum, frame):
