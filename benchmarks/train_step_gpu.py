@@ -223,7 +223,8 @@ def saved_for_backward(step: Callable, tokens: torch.Tensor, parameters) -> dict
         step([tokens])
     by_dtype: dict[str, int] = {}
     for nbytes, dtype in saved.values():
-        by_dtype[str(dtype).removeprefix("torch.")] = by_dtype.get(str(dtype).removeprefix("torch."), 0) + nbytes
+        name = str(dtype).removeprefix("torch.")
+        by_dtype[name] = by_dtype.get(name, 0) + nbytes
     total = sum(by_dtype.values())
     return {"mib": round(total / 2**20, 1), "kib_per_token": round(total / 2**10 / tokens.numel(), 1),
             "mib_by_dtype": {k: round(v / 2**20, 1) for k, v in sorted(by_dtype.items())}}

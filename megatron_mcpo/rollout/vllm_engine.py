@@ -104,23 +104,25 @@ def _lowest_cpu_priority(procs) -> None:
                 pass
 
 
+def _exited(p) -> bool:
+    """Whether the process has exited: a zombie (not reaped yet) or gone."""
+    import psutil
+
+    try:
+        return p.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:  # NoSuchProcess: reaped already
+        return True
+
+
 def _wait_exited(procs: list, timeout: float) -> list:
     """Wait until every process has exited; returns those still running after `timeout` seconds. An
     exited child is left as a zombie for multiprocessing to reap (psutil.wait_procs would reap it, and
     vLLM's clean-up at interpreter exit would then take its pid for alive and signal it)."""
-    import psutil
-
-    def running(p) -> bool:
-        try:
-            return p.status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return False
-
     deadline = time.monotonic() + timeout
-    alive = [p for p in procs if running(p)]
+    alive = [p for p in procs if not _exited(p)]
     while alive and time.monotonic() < deadline:
         time.sleep(0.05)
-        alive = [p for p in alive if running(p)]
+        alive = [p for p in alive if not _exited(p)]
     return alive
 
 
@@ -247,10 +249,7 @@ class VLLMEngine:
     def _dead(self) -> Optional[str]:
         """Why the engine is dead (a process exited, or vLLM marked it dead), or None."""
         for p in self._procs:
-            try:
-                if p.status() == "zombie":
-                    return f"process {p.pid} exited"
-            except Exception:  # psutil.NoSuchProcess: reaped already
+            if _exited(p):
                 return f"process {p.pid} exited"
         core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
         if getattr(getattr(core, "resources", None), "engine_dead", False):

@@ -19,6 +19,11 @@ PROMPTS = [[{"role": "user", "content": "What is 12 + 30?"}], [5, 17, 99, 240, 7
 SPEC = SamplingSpec(n=3, temperature=1.0, max_tokens=12)
 
 
+def _running(pids: list[int]) -> list[int]:
+    """The pids whose processes still run (neither gone nor zombies)."""
+    return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
 def _tokens(out):
     return [[s.token_ids for s in group] for group in out]
 
@@ -75,7 +80,7 @@ def test_engine_dies_with_its_trainer(tiny_dirs):
     alive = pids
     while alive and time.monotonic() < deadline:
         time.sleep(0.5)
-        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        alive = _running(pids)
     assert not alive, f"engine processes {alive} outlived their parent"
 
 
@@ -108,4 +113,4 @@ def test_shutdown_ends_the_engine_cleanly(tiny_dirs):
     assert seconds < 10, f"shutdown took {seconds} s"
     for unclean in ("leaked shared_memory", "leaked semaphore", "WorkerProc was terminated", "force killing"):
         assert unclean not in log, f"'{unclean}' in the log:\n{log[-3000:]}"
-    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not _running(pids)
