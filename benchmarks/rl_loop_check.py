@@ -8,7 +8,9 @@ command line a user runs, for benchmarks/gpu_checks.sh:
      evaluation;
   4. the checkpoint exported with tools/convert_megatron_to_hf.py and loaded by transformers (finite logits).
 On a GPU every run is colocated with gradient-buffer and optimizer-state offload, and each step must free
-and re-take memory (the memory/* metrics, reported by benchmarks/gpu_checks_summary.py).
+and re-take memory (the memory/* metrics, reported by benchmarks/gpu_checks_summary.py); it trains in bf16
+there (`--dtype`, fp32 on CPU by default), the recipe of the users' configs: bf16 parameters, fp32 main
+parameters and gradients, checkpoint and resume of that optimizer state.
 
 Each step's metrics are checked (finite losses, a gradient, the KL term, the MCPO loss, counters continued
 on resume). The warm start gives the rollouts rewards (a random model answers nothing right, so every
@@ -65,6 +67,7 @@ def train(out: str, name: str, args, extra: list[str]) -> list[dict]:
         f"logging.log_dir={out}/logs", "eval.before_train=false", "eval.every=0", f"data.domains={domains}",
         "rewards.num_workers=2", "algorithm.kl_coef=0.01",
         "optimizer.lr_warmup_steps=0",  # step 1 moves the policy (warmup's first LR is 0): step 2's KL is not 0
+        f"model.params_dtype={args.dtype}",
         *(COLOCATED_OFFLOAD if device == "cuda" else []), *extra,
     ]
     cmd = [sys.executable, "-m", "megatron_mcpo", "demo", "--quiet", "--config", CONFIG, "--sft-steps",
@@ -88,17 +91,20 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--domains", default="[science, tooluse, safety]")
     ap.add_argument("--engine", choices=["hf", "vllm"], default="hf")
+    ap.add_argument("--dtype", choices=["bf16", "fp32"], default=None,
+                    help="model.params_dtype (default: bf16 on cuda, the users' recipe; fp32 on cpu)")
     # 100 steps: held-out accuracy ~0.18 sampled at T=1 (results/warm_start_curve_cpu.json), enough for
     # groups with mixed rewards and for MCPO's positives
     ap.add_argument("--sft-steps", type=int, default=100, help="supervised warm-start steps before RL")
     args = ap.parse_args()
+    args.dtype = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
     why = engine_available() if args.engine == "hf" else ""
     if why:
         print(f"rl_loop_check: the HF rollout engine is not available here ({why})", file=sys.stderr)
         return ENGINE_MISSING
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
-    report: dict = {"device": args.device, "engine": args.engine, "domains": args.domains, "steps": {}}
+    report: dict = {"device": args.device, "engine": args.engine, "dtype": args.dtype, "domains": args.domains, "steps": {}}
     t0 = time.perf_counter()
 
     (grpo,) = train(out, "grpo", args, ["algorithm.name=grpo", "run.total_steps=1"])

@@ -147,6 +147,8 @@ def build_ours(hf: dict, device: torch.device, transformer_impl: str, cpu_swiglu
     if cpu_swiglu_fusion:  # the GPU build's fused SwiGLU (megatron reads the flag at forward time)
         for chunk in state.policy.chunks:
             unwrap(chunk).config.bias_activation_fusion = True
+    fused_groups = [g for o in getattr(state.optimizer, "chained_optimizers", [state.optimizer])
+                    for g in o.optimizer.param_groups if g.get("fused")]
 
     def step(microbatches: list[torch.Tensor]) -> None:
         total = float(sum(t.numel() for t in microbatches))
@@ -170,7 +172,8 @@ def build_ours(hf: dict, device: torch.device, transformer_impl: str, cpu_swiglu
             "swiglu": "fused" if unwrap(state.policy.chunks[0]).config.bias_activation_fusion else "unfused",
             "core_attention": type(_core_attention(state)).__name__,
             "precision": f"{cfg.model.params_dtype} params" + (", fp32 main params and grads" if device.type == "cuda" else ""),
-            "optimizer": "megatron Adam (TE/apex fused where installed, else torch AdamW), grad clip 1.0",
+            "optimizer": "megatron Adam (TE/apex fused where installed, else torch AdamW, fused="
+                         f"{bool(fused_groups)}, with foreach grad norm and clipping), grad clip 1.0",
             "loss": "-sum log-prob / tokens via vocab-parallel log-probs + entropy",
             "parameters": sum(p.numel() for p in state.policy.parameters())}
     return step, desc, release, parameters

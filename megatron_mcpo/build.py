@@ -25,7 +25,7 @@ from megatron_mcpo.progress import phase
 from megatron_mcpo.trainer import Trainer
 from megatron_mcpo.training.losses import policy_loss_from_config
 from megatron_mcpo.training.mcpo_term import make_term
-from megatron_mcpo.training.optimizer import setup_train_state
+from megatron_mcpo.training.optimizer import set_policy_weights, setup_train_state
 
 
 def build_trainer(cfg: Config) -> Trainer:
@@ -42,7 +42,7 @@ def build_trainer(cfg: Config) -> Trainer:
     hf_config = read_hf_config(hf_dir)
     load_initial = partial(load_initial_weights, cfg.model, hf_dir, groups=groups)
     state = setup_train_state(cfg, hf_config, groups)
-    load_initial(state.policy.chunks)
+    set_policy_weights(state, load_initial)
     reference = None
     if cfg.algorithm.kl_coef > 0:
         from megatron_mcpo.training.reference import ReferencePolicy

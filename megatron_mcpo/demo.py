@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from megatron_mcpo.models.policy import unwrap
 from megatron_mcpo.training.ckpt_files import CheckpointError
+from megatron_mcpo.training.optimizer import set_policy_weights
 from megatron_mcpo.training.train_step import split_microbatches, train_step
 
 
@@ -158,14 +159,18 @@ def cached_warm_start(trainer, path: Optional[str], warm_start) -> str:
         saved = torch.load(path, map_location=g.device)
         if len(saved) != len(chunks):
             raise CheckpointError(f"demo: {path} holds {len(saved)} model chunks, this run has {len(chunks)}")
-        targets = [unwrap(c) for c in trainer.reference.policy.chunks] if resumed else chunks
-        for chunk, state in zip(targets, saved):
-            try:
-                chunk.load_state_dict(state)
-            except RuntimeError as e:
-                raise CheckpointError(f"demo: {path} is not a warm start of this model: {str(e)[:300]}") from None
+
+        def load(targets):
+            for chunk, state in zip(targets, saved):
+                try:
+                    unwrap(chunk).load_state_dict(state)
+                except RuntimeError as e:
+                    raise CheckpointError(f"demo: {path} is not a warm start of this model: {str(e)[:300]}") from None
+
         if resumed:
+            load(trainer.reference.policy.chunks)
             return "resumed"
+        set_policy_weights(trainer.state, load)
         start_rl_from_policy(trainer)
         return "loaded"
     if resumed:

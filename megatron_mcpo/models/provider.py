@@ -173,8 +173,13 @@ def build_gpt_model(
     )
     # Like Megatron-LM's get_model: the parallel linears are created on the current GPU, but torch norms
     # and buffers are not; move the whole chunk before DDP wraps it. (A shape-only chunk built under
-    # torch.device("meta") stays there.)
-    return gpt if next(gpt.parameters()).is_meta else gpt.to(device)
+    # torch.device("meta") stays there.) Torch norms (the local spec's) are also created in fp32 whatever
+    # params_dtype says: cast them as Megatron-LM's Float16Module does. In a bf16 model an fp32 norm weight
+    # is an fp32 parameter megatron's bf16 optimizer cannot checkpoint ("Param id .. does not match any
+    # model sharded param"), and it sends RMSNorm to torch's unfused kernel (mixed input/weight dtypes).
+    if next(gpt.parameters()).is_meta:
+        return gpt
+    return gpt.to(device=device, dtype=config.params_dtype)
 
 
 def build_model_chunks(hf: dict, model: ModelConfig, parallel: ParallelConfig, groups: ParallelGroups) -> list:

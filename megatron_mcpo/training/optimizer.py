@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -9,6 +10,7 @@ from megatron_mcpo.config import Config
 from megatron_mcpo.distributed import ParallelGroups
 from megatron_mcpo.models.policy import PolicyModel
 from megatron_mcpo.models.provider import build_model_chunks
+from megatron_mcpo.training import optimizer_kernels
 
 
 @dataclass
@@ -53,7 +55,9 @@ def build_optimizer(chunks: list, cfg: Config):
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
     )
+    optimizer_kernels.install()
     optimizer = get_megatron_optimizer(opt_config, chunks)
+    optimizer_kernels.use_fused_adam(optimizer)
     return optimizer, build_scheduler(optimizer, cfg)
 
 
@@ -86,6 +90,14 @@ def build_scheduler(optimizer, cfg: Config):
         wd_incr_steps=decay_steps,
         wd_incr_style="constant",
     )
+
+
+def set_policy_weights(state: TrainState, load: Callable[[list], None]) -> None:
+    """Write the policy's weights with `load(model_chunks)` (initial weights, a warm start), then hand them to
+    the optimizer: a bf16 run's fp32 main parameters are the copy taken when the optimizer was built, and
+    its next step would write those back over the loaded weights (megatron's reload_model_params)."""
+    load(state.policy.chunks)
+    state.optimizer.reload_model_params()
 
 
 def setup_train_state(cfg: Config, hf_config: dict, groups: ParallelGroups) -> TrainState:

@@ -44,7 +44,7 @@ def _worker(rank, tp, pp, mbs, ckpt, save, overrides, warmup_probe=False, reuse_
     from megatron_mcpo.training.losses import policy_loss_from_config
     from megatron_mcpo.training.mcpo_term import make_term
     from megatron_mcpo.training.minibatch import train_minibatch
-    from megatron_mcpo.training.optimizer import setup_train_state
+    from megatron_mcpo.training.optimizer import set_policy_weights, setup_train_state
     from megatron_mcpo.training.train_step import concat_outputs, forward_outputs, split_microbatches
 
     cfg = load_config(overrides=[
@@ -59,7 +59,7 @@ def _worker(rank, tp, pp, mbs, ckpt, save, overrides, warmup_probe=False, reuse_
 
         dist_checkpointing.save(model_sharded_state_dict(state.policy.chunks), ckpt)
     else:
-        load_model_weights(state.policy.chunks, ckpt)
+        set_policy_weights(state, lambda chunks: load_model_weights(chunks, ckpt))
     projector = None
     if groups.is_last_stage:
         projector = ProjectionTrainer(ProjectionHead(D_TINY, 256, 256, seed=5), lr=1e-3, weight_decay=0.0, grad_clip=0.0)

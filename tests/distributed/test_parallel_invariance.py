@@ -45,7 +45,7 @@ def _worker(rank, tp, pp, vpp, ckpt, save, mbs):
     from megatron_mcpo.distributed import init_distributed
     from megatron_mcpo.models.families import tiny_hf_config
     from megatron_mcpo.training.checkpoint import load_model_weights, model_sharded_state_dict
-    from megatron_mcpo.training.optimizer import setup_train_state
+    from megatron_mcpo.training.optimizer import set_policy_weights, setup_train_state
     from megatron_mcpo.training.train_step import concat_outputs, forward_outputs, split_microbatches, train_step
 
     cfg = Config()
@@ -60,7 +60,7 @@ def _worker(rank, tp, pp, vpp, ckpt, save, mbs):
 
         dist_checkpointing.save(model_sharded_state_dict(state.policy.chunks), ckpt)
     else:
-        load_model_weights(state.policy.chunks, ckpt)
+        set_policy_weights(state, lambda chunks: load_model_weights(chunks, ckpt))
     batch = _batch()
     n = B // groups.dp_size
     local = {k: v[groups.dp_rank * n : (groups.dp_rank + 1) * n] for k, v in batch.items()}

@@ -1,7 +1,7 @@
 """GPU: a run with run.device=cuda keeps every tensor the trainer builds on the GPU (policy, gradients,
 optimizer states, KL reference, projection head and its optimizer, the batch from rollouts, old and
-reference log-probs), and its MCPO optimizer steps (exact and local-anchor) match the same steps on
-the CPU: fp32, TF32 off, 1e-4 relative on the losses and grad norms.
+reference log-probs), its Adam is torch's fused kernel, and its MCPO optimizer steps (exact and
+local-anchor) match the same steps on the CPU: fp32, TF32 off, 1e-4 relative on the losses and grad norms.
 """
 import os
 import sys
@@ -30,6 +30,7 @@ def test_every_trainer_tensor_on_the_gpu_and_mcpo_steps_match_cpu(tiny_dirs):
     off = {k: d for k, d in gpu["devices"].items() if d != "cuda:0"}
     assert not off, off
     assert gpu["optimizer_states"] > 0 and any(k.startswith("proj_opt") for k in gpu["devices"])
+    assert gpu["adam_fused"] and all(gpu["adam_fused"])  # torch's fused AdamW on CUDA (optimizer_kernels.py)
     for mode in ("exact", "local_anchor"):
         g, c = gpu["metrics"][mode], cpu["metrics"][mode]
         for key in ("pg_loss", "mcpo/loss_cl", "grad_norm", "proj_grad_norm"):

@@ -18,7 +18,7 @@ def _step(rank, device, hf_dir, overrides, tp=1):
     torch.backends.cudnn.allow_tf32 = False
     from megatron_mcpo.config import load_config
     from megatron_mcpo.distributed import init_distributed
-    from megatron_mcpo.training.optimizer import setup_train_state
+    from megatron_mcpo.training.optimizer import set_policy_weights, setup_train_state
     from megatron_mcpo.training.train_step import concat_outputs, forward_outputs, split_microbatches, train_step
     from megatron_mcpo.weights.loader import load_hf_weights
     from megatron_mcpo.config import read_hf_config
@@ -26,7 +26,7 @@ def _step(rank, device, hf_dir, overrides, tp=1):
     cfg = load_config(overrides=[f"run.device={device}", "optimizer.optimizer=sgd", "optimizer.lr=0.1", *overrides])
     groups = init_distributed(tp=tp, device=device)
     state = setup_train_state(cfg, read_hf_config(hf_dir), groups)
-    load_hf_weights(state.policy.chunks, hf_dir, groups)
+    set_policy_weights(state, lambda chunks: load_hf_weights(chunks, hf_dir, groups))
     dev = groups.device
     g = torch.Generator().manual_seed(0)
     batch = {"tokens": torch.randint(0, 1000, (4, 32), generator=g).to(dev),

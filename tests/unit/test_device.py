@@ -75,7 +75,7 @@ def trainer_pieces(rank, hf_dir, device="cpu", claim_cuda=True):
     from megatron_mcpo.training.losses import policy_loss_from_config
     from megatron_mcpo.training.mcpo_term import make_term
     from megatron_mcpo.training.minibatch import train_minibatch
-    from megatron_mcpo.training.optimizer import setup_train_state
+    from megatron_mcpo.training.optimizer import set_policy_weights, setup_train_state
     from megatron_mcpo.training.reference import ReferencePolicy
     from megatron_mcpo.training.train_step import concat_outputs, forward_outputs, split_microbatches
     from megatron_mcpo.weights.loader import load_hf_weights
@@ -89,7 +89,7 @@ def trainer_pieces(rank, hf_dir, device="cpu", claim_cuda=True):
     groups = init_distributed(device=cfg.run.device)
     hf = read_hf_config(hf_dir)
     state = setup_train_state(cfg, hf, groups)
-    load_hf_weights(state.policy.chunks, hf_dir, groups)
+    set_policy_weights(state, lambda chunks: load_hf_weights(chunks, hf_dir, groups))
     reference = ReferencePolicy(cfg, hf, groups, lambda chunks: load_hf_weights(chunks, hf_dir, groups))
     projector = build_projector(cfg.mcpo, hf["hidden_size"], cfg.run.seed, groups.device)
     g = torch.Generator().manual_seed(0)
@@ -117,8 +117,10 @@ def trainer_pieces(rank, hf_dir, device="cpu", claim_cuda=True):
         for j, st in enumerate(opt.state_dict()["state"].values()):
             # torch Adam keeps its step counter on the host unless fused/capturable: not a device tensor
             tensors.update({f"{name}{j}/{k}": v for k, v in st.items() if torch.is_tensor(v) and k != "step"})
+    inner = [o.optimizer for o in getattr(state.optimizer, "chained_optimizers", [state.optimizer])]
     return {"asked": asked, "devices": {k: str(v.device) for k, v in tensors.items()},
-            "optimizer_states": sum(k.startswith("opt") for k in tensors), "metrics": metrics}
+            "optimizer_states": sum(k.startswith("opt") for k in tensors), "metrics": metrics,
+            "adam_fused": [g["fused"] for o in inner for g in o.param_groups]}
 
 
 def test_cpu_run_on_a_cuda_machine_is_a_plain_cpu_run(tiny_dirs):
@@ -126,6 +128,7 @@ def test_cpu_run_on_a_cuda_machine_is_a_plain_cpu_run(tiny_dirs):
     assert r["asked"] == []  # nothing of ours asked torch.cuda.is_available() in a CPU run
     assert r["optimizer_states"] > 0 and any(k.startswith("proj_opt") for k in r["devices"])
     assert {d for d in r["devices"].values()} == {"cpu"}, {k: d for k, d in r["devices"].items() if d != "cpu"}
+    assert not any(r["adam_fused"])  # fused Adam is for CUDA: CPU runs keep torch's default loop
     for mode, m in r["metrics"].items():
         assert m["update_successful"] == 1.0 and m["grad_norm"] > 0, (mode, m)
         assert "mcpo/loss_cl" in m, mode

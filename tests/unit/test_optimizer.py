@@ -72,3 +72,37 @@ def test_ppo_epochs_count_in_the_schedule():
                           "optimizer.lr_decay_style=linear"])
     # 3 RL steps × 2 mini-batches (8 / 4 prompts) × 2 epochs = 12 optimizer steps, linear from 1 to 0
     assert lrs == pytest.approx([1 - k / 12 for k in range(12)])
+
+
+def _first_step_after_loading(rank, hf_dir, dtype, distributed_optimizer):
+    """A zero-gradient Adam step (no weight decay) right after the HF weights were loaded: it must leave
+    them as they are."""
+    import torch
+
+    from megatron_mcpo.config import load_config, read_hf_config
+    from megatron_mcpo.distributed import init_distributed
+    from megatron_mcpo.training.optimizer import set_policy_weights, setup_train_state
+    from megatron_mcpo.weights.loader import load_hf_weights
+
+    cfg = load_config(overrides=["run.device=cpu", f"model.params_dtype={dtype}", "optimizer.lr=1e-2",
+                                 "optimizer.weight_decay=0", f"parallel.use_distributed_optimizer={distributed_optimizer}"])
+    groups = init_distributed(device="cpu")
+    state = setup_train_state(cfg, read_hf_config(hf_dir), groups)
+    set_policy_weights(state, lambda chunks: load_hf_weights(chunks, hf_dir, groups))
+    loaded = [p.detach().clone() for p in state.policy.parameters()]
+    for p in state.policy.parameters():
+        p.main_grad.zero_()
+    assert state.optimizer.step()[0]
+    return {"dtypes": sorted({str(p.dtype) for p in loaded}),
+            "unchanged": [torch.equal(a, p) for a, p in zip(loaded, state.policy.parameters())]}
+
+
+@pytest.mark.parametrize("dtype,distributed_optimizer", [("bf16", False), ("bf16", True), ("fp32", False)])
+def test_the_first_step_starts_from_the_loaded_weights(tiny_dirs, dtype, distributed_optimizer):
+    """bf16 keeps fp32 main parameters, copied when the optimizer is built (before the weights are loaded):
+    without set_policy_weights' reload, its first step wrote the random initial weights back (every bf16
+    run's first update replaced the pretrained model)."""
+    (r,) = run_distributed(_first_step_after_loading, world_size=1, timeout=300, hf_dir=tiny_dirs["qwen3"],
+                           dtype=dtype, distributed_optimizer=distributed_optimizer)
+    assert r["dtypes"] == ["torch.bfloat16" if dtype == "bf16" else "torch.float32"]  # norms included
+    assert r["unchanged"] and all(r["unchanged"]), r["unchanged"]

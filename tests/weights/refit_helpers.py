@@ -17,7 +17,7 @@ def train_state(hf_dir: str, tp: int = 1, pp: int = 1, vpp=None, lr: float = 3e-
     """(TrainState, groups) for this process's layout, HF weights loaded; log-probs at `temperature`."""
     from megatron_mcpo.config import Config
     from megatron_mcpo.distributed import init_distributed
-    from megatron_mcpo.training.optimizer import setup_train_state
+    from megatron_mcpo.training.optimizer import set_policy_weights, setup_train_state
     from megatron_mcpo.weights.loader import load_hf_weights
 
     groups = init_distributed(tp=tp, pp=pp, vpp=vpp, device="cpu", seed=1)
@@ -26,7 +26,7 @@ def train_state(hf_dir: str, tp: int = 1, pp: int = 1, vpp=None, lr: float = 3e-
     cfg.optimizer.lr, cfg.optimizer.weight_decay = lr, 0.0
     cfg.rollout.temperature = temperature
     state = setup_train_state(cfg, hf_config(hf_dir), groups)
-    load_hf_weights(state.policy.chunks, hf_dir, groups)
+    set_policy_weights(state, lambda chunks: load_hf_weights(chunks, hf_dir, groups))
     return state, groups
 
 

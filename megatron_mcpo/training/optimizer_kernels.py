@@ -1,0 +1,65 @@
+"""The Megatron optimizer step's kernels where neither Transformer Engine nor Apex is installed.
+
+megatron-core then falls back to Python loops over the parameters (megatron.core.utils.local_multi_tensor_*):
+the gradient norm takes one `torch.norm` per tensor and reads every result back to the host (a device
+sync per tensor: `torch.tensor(list of GPU scalars)`), and clipping and the fp32 main -> bf16 model copy
+launch two kernels per tensor; Adam is torch's multi-tensor (foreach) AdamW, about ten passes over the
+optimizer state. `install()` swaps the norm and scale for torch's foreach kernels (a handful of launches,
+no sync until megatron's own `.item()`); `use_fused_adam()` switches torch AdamW to its fused kernel on
+CUDA (one pass, what TE's and Apex's FusedAdam do). The math is the same: the scale and the copy are bit
+for bit megatron's, the norm agrees to float32 rounding (a different reduction order). On CPU the same
+kernels run, so the CPU suite covers them; fused Adam stays CUDA-only (on CPU torch's default is its
+single-tensor loop, kept so CPU runs keep their numbers).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def foreach_l2_norm(chunk_size, noop_flag, tensor_lists, per_tensor, *args):
+    """amp_C.multi_tensor_l2norm's contract: (||concat(tensor_lists[0])||_2 as a float32 [1] tensor, None)."""
+    tensors = tensor_lists[0]
+    norms = torch._foreach_norm(tensors, 2, dtype=torch.float32)
+    return torch.linalg.vector_norm(torch.stack(norms)).reshape(1), None
+
+
+def foreach_scale(chunk_size, noop_flag, tensor_lists, scale):
+    """amp_C.multi_tensor_scale's contract: tensor_lists[1][i] = tensor_lists[0][i] * scale (in place when
+    both lists hold the same tensors, as gradient clipping passes them)."""
+    src, dst = tensor_lists
+    if all(s is d for s, d in zip(src, dst)):
+        torch._foreach_mul_(dst, scale)
+    elif scale == 1.0:  # megatron's main <-> model parameter copies
+        torch._foreach_copy_(dst, src)
+    else:
+        torch._foreach_copy_(dst, torch._foreach_mul(src, scale))
+
+
+def install() -> bool:
+    """Replace megatron's per-tensor Python fallbacks (only those: TE's or Apex's kernels stay) with the
+    foreach ones; idempotent. Returns whether megatron runs on the fallbacks here."""
+    from megatron.core import utils
+    from megatron.core.optimizer import clip_grads, optimizer
+
+    if clip_grads.multi_tensor_applier is not utils.local_multi_tensor_applier:
+        return False
+    clip_grads.l2_norm_impl = foreach_l2_norm
+    clip_grads.multi_tensor_scale_impl = foreach_scale
+    optimizer.multi_tensor_scale_impl = foreach_scale
+    return True
+
+
+def use_fused_adam(megatron_optimizer, device_type: str = "cuda") -> int:
+    """Set torch AdamW/Adam inside a Megatron optimizer to the fused kernel where all of its parameters are
+    on `device_type`, before its first step (its state, `step` included, is created there on the
+    parameters' device). A checkpoint's own param-group flags win on load, as in torch. Returns the
+    groups switched."""
+    switched = 0
+    for opt in [o.optimizer for o in getattr(megatron_optimizer, "chained_optimizers", [megatron_optimizer])]:
+        if type(opt) not in (torch.optim.AdamW, torch.optim.Adam) or opt.state:
+            continue
+        for group in opt.param_groups:
+            if group["params"] and all(p.device.type == device_type and p.is_floating_point() for p in group["params"]):
+                group["fused"], group["foreach"] = True, False
+                switched += 1
+    return switched
