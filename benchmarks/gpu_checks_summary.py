@@ -86,7 +86,7 @@ def rl_loop(out: str) -> list[str]:
     r = json.loads(_read(path))
     keys = ("step", "optimizer_steps", "pg_loss", "kl_loss", "mcpo/loss_cl", "grad_norm", "reward/all/acc",
             "rollout/logprob_abs_diff_max", "time/rollout", "time/train", "eval/all/count")
-    lines = [f"engine {r['engine']}, device {r['device']}, domains {r['domains']}, {r['seconds']} s; export: {r['export']['model_type']}",
+    lines = [f"engine {r['engine']}, device {r['device']}, {r.get('dtype', 'fp32')}, domains {r['domains']}, {r['seconds']} s; export: {r['export']['model_type']}",
              "", "| run | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     lines += _rows(r["steps"], keys)
     memory = sorted({k for m in r["steps"].values() for k in m if k.startswith("memory/")})

@@ -79,7 +79,7 @@ def check_model_files(cfg: Config) -> None:
 
 def check_checkpoint(cfg: Config, hf_config: dict) -> Optional[str]:
     """The checkpoint the run resumes from (None: fresh), refusing what would lose or mismatch a run."""
-    from megatron_mcpo.training.ckpt_files import CheckpointError, check_run_info, resume_source
+    from megatron_mcpo.training.ckpt_files import CheckpointError, check_run_info, optimizer_layout, resume_source
 
     c = cfg.checkpoint
     if c.save_interval < 0:
@@ -90,7 +90,7 @@ def check_checkpoint(cfg: Config, hf_config: dict) -> Optional[str]:
             projector = None
             if cfg.algorithm.is_mcpo:
                 projector = {"proj_dim": cfg.mcpo.proj_dim, "proj_hidden_dim": cfg.mcpo.proj_hidden_dim}
-            check_run_info(source, hf_config, projector, cfg.model.hf_path)
+            check_run_info(source, hf_config, projector, cfg.model.hf_path, optimizer_layout(cfg.parallel))
     except CheckpointError as e:
         raise ConfigError(str(e)) from None
     return source

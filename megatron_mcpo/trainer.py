@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
@@ -28,7 +29,7 @@ from megatron_mcpo.metrics_log import MetricsLogger
 from megatron_mcpo.progress import phase
 from megatron_mcpo.rollout.collect import EVAL_SEED_OFFSET, gather_lists, generate, length_metrics, sampling_seed, score_answers
 from megatron_mcpo.training.checkpoint import load_checkpoint, save_checkpoint
-from megatron_mcpo.training.ckpt_files import LATEST, check_run_info, model_identity, resume_source
+from megatron_mcpo.training.ckpt_files import LATEST, check_run_info, model_identity, optimizer_layout, resume_source
 from megatron_mcpo.training.dynamic_sampling import dynamic_sampling_rounds
 from megatron_mcpo.training.interrupt import StopRequest, TrainingInterrupted
 from megatron_mcpo.training.losses import correction_knobs
@@ -323,7 +324,8 @@ class Trainer:
                 os.remove(marker)
         if path is None:
             return
-        check_run_info(path, self.hf_config, self._projector_sizes(), self.cfg.model.hf_path)
+        check_run_info(path, self.hf_config, self._projector_sizes(), self.cfg.model.hf_path,
+                       optimizer_layout(self.cfg.parallel))
         common = load_checkpoint(self.state, path)
         self.sampler.load_state_dict(common["sampler"])
         self.gen_batches = int(common["gen_batches"])
@@ -355,8 +357,10 @@ class Trainer:
                 torch.save(self.projector.state_dict(), os.path.join(path, "projector.pt"))
 
         info = {"model": model_identity(self.hf_config), "model_name": self.cfg.model.hf_path,
-                "algorithm": self.cfg.algorithm.name, "projector": self._projector_sizes(), "rl_steps": self.rl_steps}
-        path = save_checkpoint(self.state, c.save_dir, common, extra=save_projector, run_info=info)
+                "algorithm": self.cfg.algorithm.name, "projector": self._projector_sizes(), "rl_steps": self.rl_steps,
+                "optimizer_layout": optimizer_layout(self.cfg.parallel)}
+        with self.memory.training_state_resident() if self.memory is not None else nullcontext():
+            path = save_checkpoint(self.state, c.save_dir, common, extra=save_projector, run_info=info)
         self._saved_step, self._saved_path = self.rl_steps, path
         return path
 

@@ -6,12 +6,14 @@ Each step (`rollout.placement: colocated`, GPU):
   -> after_refit(): the engine's KV cache awake -> generate ...
 Offloading frees a tensor's *storage* in place (`untyped_storage().resize_(0)`) and later re-allocates and
 refills it, so every view of it (parameters' `main_grad`, the optimizer's references) stays valid: the
-approach of NeMo-RL and verl. The memory freed and re-taken is reported per step
+approach of NeMo-RL and verl. An offloaded tensor must not be read (its storage is empty: a crash, not an
+error), so a checkpoint save between steps runs inside training_state_resident(). The memory freed and re-taken is reported per step
 (`torch.cuda.memory_allocated` deltas); on CPU nothing is measured and nothing is reported.
 """
 from __future__ import annotations
 
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import torch
 
@@ -148,3 +150,25 @@ class ColocatedMemory:
             self.engine.wake_up(tags=["kv_cache"])
         a1 = self._allocated()
         return self._report({"memory/engine_kv_retaken_gb": a1 - a0, "memory/allocated_generation_gb": a1})
+
+    @contextmanager
+    def training_state_resident(self) -> Iterator[None]:
+        """The offloaded optimizer state back on the GPU while the body runs (a checkpoint save between steps
+        reads it), the engine asleep meanwhile at level 1 (its weights wait in host memory: no refit after)."""
+        off = self._opt_offload
+        if off is None or not off.offloaded:
+            yield
+            return
+        if self.engine is not None:
+            self.engine.sleep(1)
+            if self.measure:
+                torch.cuda.empty_cache()
+        off.reload()
+        try:
+            yield
+        finally:
+            off.offload(keep=True)
+            if self.measure:
+                torch.cuda.empty_cache()
+            if self.engine is not None:
+                self.engine.wake_up(tags=["weights", "kv_cache"])

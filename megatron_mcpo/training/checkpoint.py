@@ -18,10 +18,19 @@ from megatron_mcpo.training.ckpt_files import (
     LATEST, CheckpointError, checkpoint_files, file_digests, iteration_dir, latest_checkpoint, raise_problems,
     read_manifest, verify_files, write_manifest, write_run_info,
 )
+from megatron_mcpo.training.optimizer_fallbacks import init_adam_state, restore_adam_step
 from megatron_mcpo.progress import phase
 
 __all__ = ["LATEST", "CheckpointError", "iteration_dir", "latest_checkpoint", "save_checkpoint", "load_checkpoint",
            "load_model_weights", "verify_checkpoint_distributed"]
+
+
+# The distributed optimizer's state as its buffers hold it (Megatron-LM's default): saved and loaded by every
+# rank in parallel, reshardable across data parallelism but not TP/PP. megatron's default for it
+# ('fully_sharded_model_space') is deprecated and fails in megatron-core 0.16 ("ShardedTensor.flattened_range
+# is not supported"); 'fully_reshardable' fails to load without TE/Apex (it expects no Adam step in the
+# per-parameter state). The other optimizers ignore this.
+OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
 
 
 def model_sharded_state_dict(chunks: list) -> dict:
@@ -57,7 +66,8 @@ def save_checkpoint(state, save_dir: str, common: Optional[dict] = None, save_op
     chunks = state.policy.chunks
     sd = model_sharded_state_dict(chunks)
     if save_optimizer:
-        sd["optimizer"] = state.optimizer.sharded_state_dict(model_sharded_state_dict(chunks))
+        init_adam_state(state.optimizer)  # a save before the first step
+        sd["optimizer"] = state.optimizer.sharded_state_dict(model_sharded_state_dict(chunks), metadata=OPTIMIZER_METADATA)
         sd["scheduler"] = state.scheduler.state_dict()
     sd["common"] = {"step": state.step, **(common or {})}
     with phase(f"checkpoint save {os.path.basename(path)}"):
@@ -134,11 +144,14 @@ def load_checkpoint(state, ckpt_dir: str, load_optimizer: bool = True) -> dict:
     chunks = state.policy.chunks
     sd = model_sharded_state_dict(chunks)
     if load_optimizer:
-        sd["optimizer"] = state.optimizer.sharded_state_dict(model_sharded_state_dict(chunks), is_loading=True)
+        init_adam_state(state.optimizer)  # the distributed optimizer reads its step count from the state
+        sd["optimizer"] = state.optimizer.sharded_state_dict(model_sharded_state_dict(chunks), is_loading=True,
+                                                             metadata=OPTIMIZER_METADATA)
     loaded = _load(sd, ckpt_dir)
     _load_model_state(chunks, loaded)
     if load_optimizer:
         state.optimizer.load_state_dict(loaded["optimizer"])
+        restore_adam_step(state.optimizer)
         state.scheduler.load_state_dict(loaded["scheduler"])
     common = loaded.get("common", {})
     state.step = int(common.get("step", 0))

@@ -168,14 +168,40 @@ def model_identity(hf_config: dict) -> dict:
     return {k: hf_config[k] for k in MODEL_KEYS if k in hf_config}
 
 
+def optimizer_layout(parallel) -> dict:
+    """What a checkpoint's optimizer state depends on besides the model: the distributed optimizer's state
+    is laid out per TP/PP(/VPP) rank (it reshards across data parallelism only)."""
+    return {"distributed_optimizer": parallel.use_distributed_optimizer, "tp": parallel.tp, "pp": parallel.pp,
+            "vpp": parallel.vpp}
+
+
+def _check_optimizer_layout(ckpt_dir: str, saved: Optional[dict], ours: Optional[dict]) -> None:
+    if not saved or not ours:
+        return
+    if saved["distributed_optimizer"] != ours["distributed_optimizer"]:
+        raise CheckpointError(
+            f"checkpoint '{ckpt_dir}' holds the optimizer state of parallel.use_distributed_optimizer="
+            f"{str(saved['distributed_optimizer']).lower()}, this run has {str(ours['distributed_optimizer']).lower()}: "
+            f"the two store it differently; resume with the checkpoint's setting")
+    layout = {k: saved[k] for k in ("tp", "pp", "vpp")}
+    if saved["distributed_optimizer"] and layout != {k: ours[k] for k in layout}:
+        raise CheckpointError(
+            f"checkpoint '{ckpt_dir}' was saved with the distributed optimizer at parallel."
+            f"{' '.join(f'{k}={v}' for k, v in layout.items())}, this run has "
+            f"{' '.join(f'{k}={ours[k]}' for k in layout)}: that optimizer state reshards across data parallelism "
+            f"only; resume at the checkpoint's tp/pp/vpp (any number of data-parallel replicas)")
+
+
 def write_run_info(ckpt_dir: str, info: dict) -> None:
     with open(os.path.join(ckpt_dir, RUN_INFO), "w") as f:
         json.dump(info, f, indent=1, sort_keys=True)
 
 
-def check_run_info(ckpt_dir: str, hf_config: dict, projector: Optional[dict], model_name: str) -> None:
-    """CheckpointError if the checkpoint's weights belong to another model, or its projection head
-    (`projector`: {"proj_dim", "proj_hidden_dim"}, None without MCPO) has other sizes."""
+def check_run_info(ckpt_dir: str, hf_config: dict, projector: Optional[dict], model_name: str,
+                   layout: Optional[dict] = None) -> None:
+    """CheckpointError if the checkpoint's weights belong to another model, its projection head
+    (`projector`: {"proj_dim", "proj_hidden_dim"}, None without MCPO) has other sizes, or its optimizer
+    state cannot be loaded at this run's `layout` (optimizer_layout; None: not checked)."""
     path = os.path.join(ckpt_dir, RUN_INFO)
     if not os.path.isfile(path):
         return  # older checkpoints: the shape check at load is all there is
@@ -192,3 +218,4 @@ def check_run_info(ckpt_dir: str, hf_config: dict, projector: Optional[dict], mo
         if saved_proj and k in saved_proj and saved_proj[k] != projector[k]:
             raise CheckpointError(f"checkpoint '{ckpt_dir}' has an MCPO projection head with {k}={saved_proj[k]}, "
                                   f"this run has mcpo.{k}={projector[k]}")
+    _check_optimizer_layout(ckpt_dir, info.get("optimizer_layout"), layout)

@@ -10,7 +10,7 @@ from megatron_mcpo.config import Config
 from megatron_mcpo.distributed import ParallelGroups
 from megatron_mcpo.models.policy import PolicyModel
 from megatron_mcpo.models.provider import build_model_chunks
-from megatron_mcpo.training import optimizer_kernels
+from megatron_mcpo.training import optimizer_fallbacks
 
 
 @dataclass
@@ -55,9 +55,9 @@ def build_optimizer(chunks: list, cfg: Config):
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
     )
-    optimizer_kernels.install()
+    optimizer_fallbacks.install()
     optimizer = get_megatron_optimizer(opt_config, chunks)
-    optimizer_kernels.use_fused_adam(optimizer)
+    optimizer_fallbacks.use_fused_adam(optimizer)
     return optimizer, build_scheduler(optimizer, cfg)
 
 

@@ -30,7 +30,7 @@ def test_every_trainer_tensor_on_the_gpu_and_mcpo_steps_match_cpu(tiny_dirs):
     off = {k: d for k, d in gpu["devices"].items() if d != "cuda:0"}
     assert not off, off
     assert gpu["optimizer_states"] > 0 and any(k.startswith("proj_opt") for k in gpu["devices"])
-    assert gpu["adam_fused"] and all(gpu["adam_fused"])  # torch's fused AdamW on CUDA (optimizer_kernels.py)
+    assert gpu["adam_fused"] and all(gpu["adam_fused"])  # torch's fused AdamW on CUDA (optimizer_fallbacks.py)
     for mode in ("exact", "local_anchor"):
         g, c = gpu["metrics"][mode], cpu["metrics"][mode]
         for key in ("pg_loss", "mcpo/loss_cl", "grad_norm", "proj_grad_norm"):

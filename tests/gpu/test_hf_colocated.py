@@ -1,6 +1,7 @@
 """The colocated path with the HF engine on one GPU (skipped without CUDA; unverified until run on a GPU
 machine): sleep/wake frees and re-takes the weights' memory, level 2 needs a refit, and the RL loop
-hands the GPU between engine and Megatron every step with no memory growth."""
+hands the GPU between engine and Megatron every step with no memory growth, saving a checkpoint after each
+step (while the optimizer state is offloaded)."""
 
 import pytest
 import torch
@@ -46,6 +47,7 @@ def _run(rank, out):
         "rollout.max_response_length=16", "algorithm.train_batch_prompts=4", "algorithm.mini_batch_prompts=4",
         "parallel.micro_batch_size=4",
         "eval.before_train=false", "eval.every=0", "run.total_steps=3", f"run.output_dir={out}",
+        f"checkpoint.save_dir={out}/ckpt", "checkpoint.save_interval=1",  # saved while the optimizer is offloaded
         "data.domains=[science, tooluse, safety]",  # the GPU check image has no math-verify (and maybe no sandbox)
         f"logging.log_dir={out}/logs"])
     trainer = build_trainer(validate_launched(cfg))

@@ -74,3 +74,25 @@ def test_run_info_names_both_models(tmp_path):
         check_run_info(str(it), {**ours, "hidden_size": 1024}, None, "/m/qwen")
     with pytest.raises(CheckpointError, match="proj_dim=256, this run has mcpo.proj_dim=64"):
         check_run_info(str(it), ours, {"proj_dim": 64}, "x")
+
+
+def test_run_info_refuses_an_optimizer_state_this_layout_cannot_load(tmp_path):
+    """The distributed optimizer's state reshards across DP only, and neither optimizer reads the other's
+    (both fail deep in dist_checkpointing with a KeyError otherwise)."""
+    from megatron_mcpo.config import ParallelConfig
+    from megatron_mcpo.training.ckpt_files import optimizer_layout
+
+    it = tmp_path / "iter_0000001"
+    it.mkdir()
+    dist_tp2 = optimizer_layout(ParallelConfig(tp=2, use_distributed_optimizer=True))
+    (it / "run_info.json").write_text(json.dumps({"model": {}, "optimizer_layout": dist_tp2}))
+    check_run_info(str(it), {}, None, "x", dist_tp2)
+    check_run_info(str(it), {}, None, "x")  # no layout given: not checked
+    with pytest.raises(CheckpointError, match=r"distributed optimizer at parallel.tp=2 pp=1 vpp=None, this run has "
+                                              r"tp=1 pp=1 vpp=None: .* data parallelism only"):
+        check_run_info(str(it), {}, None, "x", optimizer_layout(ParallelConfig(tp=1, use_distributed_optimizer=True)))
+    with pytest.raises(CheckpointError, match=r"use_distributed_optimizer=true, this run has false"):
+        check_run_info(str(it), {}, None, "x", optimizer_layout(ParallelConfig(tp=2)))
+    plain = optimizer_layout(ParallelConfig(tp=2))  # the plain optimizer's state reshards over TP/PP too
+    (it / "run_info.json").write_text(json.dumps({"model": {}, "optimizer_layout": plain}))
+    check_run_info(str(it), {}, None, "x", optimizer_layout(ParallelConfig(tp=1, pp=2)))

@@ -18,11 +18,14 @@ def _chunks(*sizes):
 
 
 def _trainer(chunks, reference=None, rl_steps=0):
+    """A trainer's parts cached_warm_start uses; `refits` records its calls: the optimizer's reload of the
+    loaded weights into its main parameters, then the refit."""
     refits = []
-    trainer = SimpleNamespace(state=SimpleNamespace(policy=SimpleNamespace(chunks=chunks)),
+    optimizer = SimpleNamespace(reload_model_params=lambda: refits.append("reload"))
+    trainer = SimpleNamespace(state=SimpleNamespace(policy=SimpleNamespace(chunks=chunks), optimizer=optimizer),
                               reference=reference and SimpleNamespace(policy=SimpleNamespace(chunks=reference)),
                               groups=SimpleNamespace(device=torch.device("cpu"), dp_rank=0, tp_size=1, pp_size=1),
-                              refit=lambda: refits.append(1), rl_steps=rl_steps)
+                              refit=lambda: refits.append("refit"), rl_steps=rl_steps)
     return trainer, refits
 
 
@@ -48,7 +51,7 @@ def test_warm_start_is_saved_once_and_loaded_after(tmp_path):
     assert cached_warm_start(fresh, path, lambda: pytest.fail("the cache was not used")) == "loaded"
     assert _equal(warmed.state.policy.chunks, fresh.state.policy.chunks)
     assert _equal(warmed.state.policy.chunks, fresh.reference.policy.chunks)  # KL toward the warm start
-    assert refits == [1]  # the engine gets the loaded weights
+    assert refits == ["reload", "refit"]  # the optimizer (bf16 main parameters) and the engine get them
     other, _ = _trainer(_chunks(4, 3))
     with pytest.raises(CheckpointError, match="holds 2 model chunks, this run has 1"):
         cached_warm_start(other, path, lambda: None)

@@ -1,6 +1,7 @@
 """Colocated memory on CPU: the storage offload round trip is bit-exact and keeps every view valid, on
 plain tensors and on a real Megatron train state (gradient buffers, Adam moments); the hand-over calls
-the engine's sleep/wake in vLLM's order and reports nothing on CPU (no CUDA allocator to measure)."""
+the engine's sleep/wake in vLLM's order and reports nothing on CPU (no CUDA allocator to measure); a
+checkpoint saved between steps, while the optimizer state is offloaded, holds that state."""
 import pytest
 import torch
 
@@ -64,7 +65,7 @@ class _Engine:
     def sleep(self, level):
         self.calls.append(("sleep", level))
 
-    def wake_up(self, tags=None):
+    def wake_up(self, tags):
         self.calls.append(("wake_up", tuple(tags)))
 
 
@@ -81,3 +82,43 @@ def test_hand_over_order_and_no_metrics_on_cpu():
                           device=torch.device("cpu"))
     assert mem.to_training() == {} and mem.before_refit() == {} and mem.after_refit() == {}
     assert eng.calls == [("sleep", 2), ("wake_up", ("weights",)), ("wake_up", ("kv_cache",))]
+
+
+def _adam_state(optimizer) -> dict:
+    """{(optimizer, group, parameter, key): tensor} of the Megatron optimizer's torch optimizers."""
+    return {(i, g, j, k): v for i, o in enumerate(getattr(optimizer, "chained_optimizers", [optimizer]))
+            for g, group in enumerate(o.optimizer.param_groups) for j, p in enumerate(group["params"])
+            for k, v in o.optimizer.state[p].items()}
+
+
+def _save_while_offloaded(rank, hf_dir, save_dir):
+    from weights.refit_helpers import fixed_tokens, sgd_steps, train_state
+
+    from megatron_mcpo.training.checkpoint import load_checkpoint, save_checkpoint
+
+    state, _ = train_state(hf_dir)
+    sgd_steps(state, fixed_tokens(seed=3), steps=2)
+    eng = _Engine()
+    mem = ColocatedMemory(eng, state, sleep_level=2, offload_grads=True, offload_optimizer=True,
+                          device=torch.device("cpu"))
+    adam = {k: v.clone() for k, v in _adam_state(state.optimizer).items()}
+    mem.before_refit()  # the step's end: optimizer state offloaded (reading it now would crash)
+    mem.after_refit()
+    with mem.training_state_resident():  # what Trainer.save does
+        path = save_checkpoint(state, save_dir)
+    offloaded = all(v.untyped_storage().nbytes() == 0 for v in _adam_state(state.optimizer).values())
+    resumed, _ = train_state(hf_dir)
+    load_checkpoint(resumed, path)
+    loaded = _adam_state(resumed.optimizer)
+    return {"calls": eng.calls, "offloaded_after": offloaded, "keys": sorted(adam) == sorted(loaded),
+            "equal": [torch.equal(v, loaded[k]) for k, v in adam.items()]}
+
+
+def test_a_checkpoint_saved_while_offloaded_holds_the_optimizer_state(tiny_dirs, tmp_path):
+    from dist_utils import run_distributed
+
+    (r,) = run_distributed(_save_while_offloaded, world_size=1, timeout=300, hf_dir=tiny_dirs["qwen3"],
+                           save_dir=str(tmp_path))
+    assert r["keys"] and r["equal"] and all(r["equal"]) and r["offloaded_after"]
+    # the engine sleeps at level 1 for the save (its weights kept: no refit) and wakes whole after it
+    assert r["calls"][-2:] == [("sleep", 1), ("wake_up", ("weights", "kv_cache"))]

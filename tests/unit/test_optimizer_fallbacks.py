@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dist_utils import run_distributed
-from megatron_mcpo.training.optimizer_kernels import foreach_l2_norm, foreach_scale
+from megatron_mcpo.training.optimizer_fallbacks import foreach_l2_norm, foreach_scale
 
 
 def _tensors():
@@ -75,7 +75,7 @@ def test_a_megatron_optimizer_step_matches_megatrons_fallbacks():
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
 
 
-def _fused_adam_resume(rank, save_dir):
+def _fused_adam_resume(rank, save_dir, distributed_optimizer):
     """Fused AdamW (forced on the CPU here: its per-parameter `step` lives on the parameters' device, as
     on CUDA) in a bf16 model (fp32 main parameters; every parameter bf16, torch norms included, or
     megatron's bf16 optimizer cannot save) through a checkpoint: step, save, step again; a fresh state
@@ -85,9 +85,10 @@ def _fused_adam_resume(rank, save_dir):
     from megatron_mcpo.models.families import tiny_hf_config
     from megatron_mcpo.training.checkpoint import load_checkpoint, save_checkpoint
     from megatron_mcpo.training.optimizer import setup_train_state
-    from megatron_mcpo.training.optimizer_kernels import use_fused_adam
+    from megatron_mcpo.training.optimizer_fallbacks import use_fused_adam
 
-    cfg = load_config(overrides=["run.device=cpu", "model.params_dtype=bf16", "optimizer.lr=1e-2"])
+    cfg = load_config(overrides=["run.device=cpu", "model.params_dtype=bf16", "optimizer.lr=1e-2",
+                                 f"parallel.use_distributed_optimizer={distributed_optimizer}"])
     groups = init_distributed(device="cpu")
 
     def fused_state(seed):
@@ -102,8 +103,9 @@ def _fused_adam_resume(rank, save_dir):
             p.main_grad.copy_(torch.randn(p.shape, generator=g))
         assert state.optimizer.step()[0]
         state.step += 1
+        # the inner torch optimizer's parameters: the fp32 main parameters (their shards, distributed)
         return [p.detach().clone() for o in state.optimizer.chained_optimizers
-                for g in o.fp32_from_float16_groups for p in g]
+                for g in o.optimizer.param_groups for p in g["params"]]
 
     first = fused_state(0)
     step(first, 1)
@@ -117,8 +119,10 @@ def _fused_adam_resume(rank, save_dir):
             "fused": [g["fused"] for o in inner for g in o.param_groups], "steps": steps}
 
 
-def test_fused_adam_resumes_from_a_checkpoint_exactly(tmp_path):
-    (r,) = run_distributed(_fused_adam_resume, world_size=1, timeout=300, save_dir=str(tmp_path))
+@pytest.mark.parametrize("distributed_optimizer", [False, True])
+def test_fused_adam_resumes_from_a_checkpoint_exactly(tmp_path, distributed_optimizer):
+    (r,) = run_distributed(_fused_adam_resume, world_size=1, timeout=300, save_dir=str(tmp_path),
+                           distributed_optimizer=distributed_optimizer)
     assert r["fused"] and all(r["fused"]) and r["steps"] and set(r["steps"]) == {1.0}
     assert len(r["resumed"]) == len(r["uninterrupted"]) > 0
     for a, b in zip(r["resumed"], r["uninterrupted"]):

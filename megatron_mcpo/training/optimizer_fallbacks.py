@@ -1,4 +1,5 @@
-"""The Megatron optimizer step's kernels where neither Transformer Engine nor Apex is installed.
+"""The Megatron optimizer where neither Transformer Engine nor Apex is installed: its step's kernels, and
+the Adam state its distributed optimizer's checkpointing reads.
 
 megatron-core then falls back to Python loops over the parameters (megatron.core.utils.local_multi_tensor_*):
 the gradient norm takes one `torch.norm` per tensor and reads every result back to the host (a device
@@ -9,7 +10,10 @@ no sync until megatron's own `.item()`); `use_fused_adam()` switches torch AdamW
 CUDA (one pass, what TE's and Apex's FusedAdam do). The math is the same: the scale and the copy are bit
 for bit megatron's, the norm agrees to float32 rounding (a different reduction order). On CPU the same
 kernels run, so the CPU suite covers them; fused Adam stays CUDA-only (on CPU torch's default is its
-single-tensor loop, kept so CPU runs keep their numbers).
+single-tensor loop, kept so CPU runs keep their numbers). `init_adam_state()` gives torch Adam the state
+its first step would create: megatron's distributed optimizer reads the step count from it to save or
+load a checkpoint (TE's and Apex's Adam keep it in the param groups), so a fresh one could do neither;
+it saves the count in the param groups and does not put it back on load: `restore_adam_step()` does.
 """
 from __future__ import annotations
 
@@ -49,17 +53,57 @@ def install() -> bool:
     return True
 
 
+def _torch_adams(megatron_optimizer) -> list:
+    inner = [o.optimizer for o in getattr(megatron_optimizer, "chained_optimizers", [megatron_optimizer])]
+    return [o for o in inner if type(o) in (torch.optim.AdamW, torch.optim.Adam)]
+
+
 def use_fused_adam(megatron_optimizer, device_type: str = "cuda") -> int:
     """Set torch AdamW/Adam inside a Megatron optimizer to the fused kernel where all of its parameters are
     on `device_type`, before its first step (its state, `step` included, is created there on the
     parameters' device). A checkpoint's own param-group flags win on load, as in torch. Returns the
     groups switched."""
     switched = 0
-    for opt in [o.optimizer for o in getattr(megatron_optimizer, "chained_optimizers", [megatron_optimizer])]:
-        if type(opt) not in (torch.optim.AdamW, torch.optim.Adam) or opt.state:
+    for opt in _torch_adams(megatron_optimizer):
+        if opt.state:
             continue
         for group in opt.param_groups:
             if group["params"] and all(p.device.type == device_type and p.is_floating_point() for p in group["params"]):
                 group["fused"], group["foreach"] = True, False
                 switched += 1
     return switched
+
+
+def _step_tensor(step: float, param: torch.Tensor, group: dict) -> torch.Tensor:
+    """Torch Adam's step count: on the parameter's device when fused or capturable, else on the host."""
+    on_device = group.get("fused") or group.get("capturable")
+    return torch.tensor(step, dtype=torch.float32, device=param.device if on_device else "cpu")
+
+
+def init_adam_state(megatron_optimizer) -> None:
+    """Torch Adam's state for every parameter that has none yet, as its first step creates it: step 0 (on
+    the parameter's device when fused or capturable, else on the host) and zero moments. Adam's next step
+    from there equals its first step from no state."""
+    for opt in _torch_adams(megatron_optimizer):
+        for group in opt.param_groups:
+            for p in group["params"]:
+                if opt.state.get(p):
+                    continue
+                state = {"step": _step_tensor(0.0, p, group),
+                         "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                         "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+                if group.get("amsgrad"):
+                    state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                opt.state[p] = state
+
+
+def restore_adam_step(megatron_optimizer) -> None:
+    """After a checkpoint load: where a param group carries megatron's saved step count (its distributed
+    optimizer's format without TE/Apex), make it every parameter's Adam step (the load leaves them at 0,
+    which would restart Adam's bias correction)."""
+    for opt in _torch_adams(megatron_optimizer):
+        for group in opt.param_groups:
+            if group.get("step") is None:
+                continue
+            for p in group["params"]:  # a tensor each: the load may leave one shared by all (+1 per parameter)
+                opt.state[p]["step"] = _step_tensor(float(group["step"]), p, group)
