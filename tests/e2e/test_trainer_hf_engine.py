@@ -82,3 +82,41 @@ def test_hf_engine_with_tensor_parallel_training(tmp_path):
     assert ma["rollout/logprob_abs_diff_max"] < 1e-4 and ma["reward/all/count"] == mb["reward/all/count"] == 4
     for key in ("grad_norm", "pg_loss", "rollout/logprob_abs_diff_max", "rollout/response_length_mean"):
         assert ma[key] == mb[key], key
+
+
+def _run_recipe(rank, out, total_steps, resume):
+    """The example configs' recipe on the tiny model: bf16 parameters (fp32 main parameters), the
+    distributed optimizer, a KL term (their activation recompute is GPU only)."""
+    from megatron_mcpo.config import load_config
+    from megatron_mcpo.validation import validate_launched
+    from megatron_mcpo.build import build_trainer
+
+    cfg = load_config("examples/configs/tiny_cpu.yaml", OVERRIDES + [
+        "model.params_dtype=bf16", "parallel.use_distributed_optimizer=true", "algorithm.kl_coef=0.01",
+        "parallel.micro_batch_size=2",
+        "optimizer.lr=1e-3", f"run.total_steps={total_steps}", f"run.output_dir={out}",
+        f"logging.log_dir={out}/logs", f"checkpoint.save_dir={out}/ckpt",
+        *([f"checkpoint.load_dir={out}/ckpt"] if resume else [])])
+    trainer = build_trainer(validate_launched(cfg))
+    try:
+        return {"history": trainer.train(), "end": (trainer.rl_steps, trainer.state.step)}
+    finally:
+        trainer.close()
+
+
+def test_bf16_distributed_optimizer_recipe_checkpoints_and_resumes_at_another_dp(tmp_path):
+    """Two data-parallel ranks take a step and save; one rank resumes and takes the next. The policy stays
+    near the weights it loaded (KL to them, the reference, small: a bf16 run's first update used to write
+    the optimizer's copy of megatron's random initial weights back, KL 0.56 here at step 2), and the
+    distributed optimizer's checkpoint loads at another data-parallel size."""
+    out = str(tmp_path)
+    a, b = run_distributed(_run_recipe, world_size=2, timeout=1200, out=out, total_steps=1, resume=False)
+    assert a["end"] == b["end"] == (1, 1)
+    (resumed,) = run_distributed(_run_recipe, world_size=1, timeout=1200, out=out, total_steps=2, resume=True)
+    assert resumed["end"] == (2, 2)
+    (m1,), (m2,) = a["history"], resumed["history"]
+    for m in (m1, m2):
+        for key in ("pg_loss", "grad_norm", "kl_loss", "mcpo/loss_cl"):
+            assert math.isfinite(m[key]), key
+        assert m["rollout/logprob_abs_diff_max"] < 0.1  # bf16 engine vs bf16 Megatron
+    assert m1["kl_loss"] < 1e-6 and m2["kl_loss"] < 0.05, (m1["kl_loss"], m2["kl_loss"])
