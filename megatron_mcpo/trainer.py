@@ -169,7 +169,7 @@ class Trainer:
             metrics.update({"rollout/gen_rounds": float(ds.rounds), "rollout/dynamic_sampling_exhausted": float(ds.exhausted)})
         from megatron_mcpo.rewards import reward_metrics
 
-        metrics.update(reward_metrics(gather_lists(all_results, g.dp, g.dp_size)))
+        metrics.update(reward_metrics(gather_lists(all_results, g.dp, g.dp_size), group_size=cfg.rollout.n))
         metrics.update({"rollout/groups_kept": float(groups_kept), "rollout/gen_batches": float(self.gen_batches)})
         metrics.update(length_metrics([len(r.response_ids) for r in kept], [r.finish_reason == "length" for r in kept], "rollout"))
         return kept, metrics

@@ -152,20 +152,35 @@ def _unpack(i: int, item) -> tuple:
     return tuple(item) if len(item) == 4 else (*item, None)
 
 
-def reward_metrics(results: Sequence[dict], prefix: str = "reward") -> dict:
-    """Per-domain and overall means: {prefix}/{domain|all}/{count,score,acc,format_error_rate}."""
-    groups: dict = {}
+def reward_metrics(results: Sequence[dict], prefix: str = "reward", group_size: int = 1) -> dict:
+    """Per-domain and overall means: {prefix}/{domain|all}/{count,score,acc,format_error_rate}. With
+    `group_size` > 1 (`results` in consecutive groups of the samples of one prompt), also the share of
+    groups all right and all wrong, {prefix}/{domain|all}/{solve_all,solve_none} (verl's names): only the
+    others have an advantage to learn from."""
+    by_domain: dict = {}
     for r in results:
-        groups.setdefault(r["domain"], []).append(r)
+        by_domain.setdefault(r["domain"], []).append(r)
     if results:
-        groups["all"] = list(results)
+        by_domain["all"] = list(results)
     metrics = {}
-    for domain, rs in groups.items():
+    for domain, rs in by_domain.items():
         n = len(rs)
         metrics[f"{prefix}/{domain}/count"] = float(n)
         metrics[f"{prefix}/{domain}/score"] = sum(r["score"] for r in rs) / n
         metrics[f"{prefix}/{domain}/acc"] = sum(r["acc"] for r in rs) / n
         metrics[f"{prefix}/{domain}/format_error_rate"] = sum(r["format_error"] for r in rs) / n
+    if group_size > 1 and results:
+        if len(results) % group_size:
+            raise ValueError(f"reward_metrics: {len(results)} results are not groups of {group_size}")
+        outcomes: dict = {}
+        for start in range(0, len(results), group_size):
+            group = results[start : start + group_size]
+            right = sum(bool(r["acc"]) for r in group)
+            for domain in (group[0]["domain"], "all"):
+                outcomes.setdefault(domain, []).append((right == group_size, right == 0))
+        for domain, os_ in outcomes.items():
+            metrics[f"{prefix}/{domain}/solve_all"] = sum(a for a, _ in os_) / len(os_)
+            metrics[f"{prefix}/{domain}/solve_none"] = sum(z for _, z in os_) / len(os_)
     if results:
         metrics[f"{prefix}/scorer_errors"] = float(sum("error" in r for r in results))
     return metrics

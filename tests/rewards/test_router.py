@@ -41,6 +41,13 @@ def test_batch_scores_in_order_with_metrics(scorer):
     assert m["reward/safety/acc"] == 0.0 and m["reward/safety/format_error_rate"] == 0.5
     assert m["reward/all/count"] == 8 and m["reward/all/score"] == 4 / 8
     assert reward_metrics([]) == {}
+    # groups of 2 (one prompt's samples): math mixed, code mixed, science + tooluse both right, safety both wrong
+    g = reward_metrics(results, group_size=2)
+    assert g["reward/all/solve_all"] == 1 / 4 and g["reward/all/solve_none"] == 1 / 4
+    assert g["reward/safety/solve_none"] == 1.0 and g["reward/math/solve_all"] == 0.0 and "reward/science/solve_all" in g
+    assert {k: v for k, v in g.items() if "solve" not in k} == m
+    with pytest.raises(ValueError, match="8 results are not groups of 3"):
+        reward_metrics(results, group_size=3)
 
 
 def test_bad_items_name_their_index(scorer):
