@@ -7,8 +7,8 @@ Each step (`rollout.placement: colocated`, GPU):
 Offloading frees a tensor's *storage* in place (`untyped_storage().resize_(0)`) and later re-allocates and
 refills it, so every view of it (parameters' `main_grad`, the optimizer's references) stays valid: the
 approach of NeMo-RL and verl. An offloaded tensor must not be read (its storage is empty: a crash, not an
-error), so a checkpoint save between steps runs inside training_state_resident(). The memory freed and re-taken is reported per step
-(`torch.cuda.memory_allocated` deltas); on CPU nothing is measured and nothing is reported.
+error), so a checkpoint save between steps runs inside training_state_resident(). The memory freed and
+re-taken is reported per step (`torch.cuda.memory_allocated` deltas); on CPU nothing is measured or reported.
 """
 from __future__ import annotations
 

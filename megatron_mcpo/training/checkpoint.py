@@ -67,7 +67,8 @@ def save_checkpoint(state, save_dir: str, common: Optional[dict] = None, save_op
     sd = model_sharded_state_dict(chunks)
     if save_optimizer:
         init_adam_state(state.optimizer)  # a save before the first step
-        sd["optimizer"] = state.optimizer.sharded_state_dict(model_sharded_state_dict(chunks), metadata=OPTIMIZER_METADATA)
+        sd["optimizer"] = state.optimizer.sharded_state_dict(model_sharded_state_dict(chunks),
+                                                             metadata=OPTIMIZER_METADATA)
         sd["scheduler"] = state.scheduler.state_dict()
     sd["common"] = {"step": state.step, **(common or {})}
     with phase(f"checkpoint save {os.path.basename(path)}"):

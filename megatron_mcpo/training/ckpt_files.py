@@ -179,10 +179,10 @@ def _check_optimizer_layout(ckpt_dir: str, saved: Optional[dict], ours: Optional
     if not saved or not ours:
         return
     if saved["distributed_optimizer"] != ours["distributed_optimizer"]:
+        theirs, mine = (str(x["distributed_optimizer"]).lower() for x in (saved, ours))
         raise CheckpointError(
-            f"checkpoint '{ckpt_dir}' holds the optimizer state of parallel.use_distributed_optimizer="
-            f"{str(saved['distributed_optimizer']).lower()}, this run has {str(ours['distributed_optimizer']).lower()}: "
-            f"the two store it differently; resume with the checkpoint's setting")
+            f"checkpoint '{ckpt_dir}' holds the optimizer state of parallel.use_distributed_optimizer={theirs}, "
+            f"this run has {mine}: the two store it differently; resume with the checkpoint's setting")
     layout = {k: saved[k] for k in ("tp", "pp", "vpp")}
     if saved["distributed_optimizer"] and layout != {k: ours[k] for k in layout}:
         raise CheckpointError(

@@ -68,7 +68,8 @@ def use_fused_adam(megatron_optimizer, device_type: str = "cuda") -> int:
         if opt.state:
             continue
         for group in opt.param_groups:
-            if group["params"] and all(p.device.type == device_type and p.is_floating_point() for p in group["params"]):
+            params = group["params"]
+            if params and all(p.device.type == device_type and p.is_floating_point() for p in params):
                 group["fused"], group["foreach"] = True, False
                 switched += 1
     return switched
