@@ -17,7 +17,14 @@ it saves the count in the param groups and does not put it back on load: `restor
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
+
+# megatron says so when its optimizer modules are imported (after this one: they are imported lazily);
+# install() replaces exactly those local implementations, so the warning would name what does not run.
+warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed. Falling back to local "
+                        "implementations of multi_tensor_applier", category=UserWarning)
 
 
 def foreach_l2_norm(chunk_size, noop_flag, tensor_lists, per_tensor, *args):
