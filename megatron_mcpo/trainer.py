@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
+from megatron_mcpo.algorithms.advantages import advantage_metrics
 from megatron_mcpo.algorithms.dapo import overlong_penalty
 from megatron_mcpo.algorithms.rollout_correction import reduce_correction_metrics, rollout_correction
 from megatron_mcpo.config import Config
@@ -104,6 +105,7 @@ class Trainer:
             gen_metrics.update(self.memory.to_training())
             clock.lap("memory")
         batch = self.make_train_batch(rollouts)                                   # advantages, tokens, masks
+        gen_metrics.update(advantage_metrics(batch["advantages"], g.dp))
         clock.lap("make_batch")
         reuse_current = self.old_is_current()
         mismatch, current = {}, {}

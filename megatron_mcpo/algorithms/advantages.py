@@ -8,6 +8,7 @@ bitwise independent of how the batch was ordered or split.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 from megatron_mcpo.algorithms._checks import check_choice, check_finite, check_vector
 
@@ -61,3 +62,23 @@ def group_advantages(
     loo_scale = torch.where(single, 1.0, size / (size - 1).clamp_min(1))[inv]
     return (rewards - mean) * loo_scale
 
+
+
+def advantage_metrics(advantages: torch.Tensor, dp_group=None) -> dict[str, float]:
+    """adv/{mean,abs_mean,max,min} of the sequence advantages Â [N] of every rank of `dp_group` (None: this
+    process only), verl's critic/advantages/*: abs_mean 0 means no learning signal. {} when N is 0 everywhere."""
+    a = advantages.detach().double().flatten()
+    count = torch.tensor(float(a.numel()), dtype=torch.float64, device=a.device)
+    sums = torch.stack([a.sum(), a.abs().sum(), count])
+    # on the advantages' device: NCCL reduces device tensors only
+    extremes = torch.full((2,), float("-inf"), dtype=torch.float64, device=a.device)
+    if a.numel():
+        extremes = torch.stack([a.max(), -a.min()])
+    if dp_group is not None and dist.get_world_size(dp_group) > 1:
+        dist.all_reduce(sums, group=dp_group)
+        dist.all_reduce(extremes, op=dist.ReduceOp.MAX, group=dp_group)
+    total, abs_total, n = sums.tolist()
+    if n == 0:
+        return {}
+    return {"adv/mean": total / n, "adv/abs_mean": abs_total / n, "adv/max": float(extremes[0]),
+            "adv/min": -float(extremes[1])}

@@ -53,3 +53,26 @@ def test_bad_input():
     with pytest.raises(ValueError, match="NaN"):
         group_advantages(torch.tensor([float("nan"), 1.0], dtype=F64), P_A[:2])
 
+
+
+def _adv_metrics(rank, parts):
+    import torch.distributed as dist
+
+    from megatron_mcpo.algorithms.advantages import advantage_metrics
+
+    dist.init_process_group("gloo")
+    return advantage_metrics(torch.tensor(parts[rank]), dist.group.WORLD)
+
+
+def test_advantage_metrics_over_data_parallel_ranks_equal_one_process():
+    from dist_utils import run_distributed
+    from megatron_mcpo.algorithms.advantages import advantage_metrics
+
+    parts = [[1.5, -0.5, 0.0], [-2.0, 1.0]]
+    one = advantage_metrics(torch.tensor(parts[0] + parts[1]))
+    assert one == pytest.approx({"adv/mean": 0.0, "adv/abs_mean": 1.0, "adv/max": 1.5, "adv/min": -2.0})
+    a, b = run_distributed(_adv_metrics, world_size=2, timeout=120, parts=parts)
+    assert a == b == pytest.approx(one)
+    c, d = run_distributed(_adv_metrics, world_size=2, timeout=120, parts=[[], [0.25, -0.25]])  # an empty rank
+    assert c == d == pytest.approx({"adv/mean": 0.0, "adv/abs_mean": 0.25, "adv/max": 0.25, "adv/min": -0.25})
+    assert advantage_metrics(torch.zeros(0)) == {}
