@@ -386,6 +386,11 @@ class VLLMEngine:
             except psutil.Error:
                 pass
         _wait_exited(alive, 30.0)  # their memory is free once this returns
+        # psutil reports a process's main thread as a zombie while its other threads may still be exiting;
+        # vLLM's shutdown would then find the engine core alive and force-kill its pid. Reaped here through
+        # vLLM's own process handles (which then know it has ended), waiting for the whole process.
+        for proc in getattr(getattr(resources, "engine_manager", None), "processes", []):
+            proc.join(timeout=_SHUTDOWN_GRACE_S)
         if engine is not None:
             core = getattr(engine.llm_engine, "engine_core", None)
             if core is not None:
