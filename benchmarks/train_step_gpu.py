@@ -135,6 +135,7 @@ def build_ours(hf: dict, device: torch.device, transformer_impl: str, cpu_swiglu
     from megatron_mcpo.models.policy import unwrap
     from megatron_mcpo.models.provider import use_transformer_engine
     from megatron_mcpo.training.optimizer import setup_train_state
+    from megatron_mcpo.training.optimizer_fallbacks import inner_optimizers
     from megatron_mcpo.training.train_step import train_step
 
     cfg = Config()
@@ -147,8 +148,7 @@ def build_ours(hf: dict, device: torch.device, transformer_impl: str, cpu_swiglu
     if cpu_swiglu_fusion:  # the GPU build's fused SwiGLU (megatron reads the flag at forward time)
         for chunk in state.policy.chunks:
             unwrap(chunk).config.bias_activation_fusion = True
-    fused_groups = [g for o in getattr(state.optimizer, "chained_optimizers", [state.optimizer])
-                    for g in o.optimizer.param_groups if g.get("fused")]
+    fused_groups = [g for o in inner_optimizers(state.optimizer) for g in o.param_groups if g.get("fused")]
 
     def step(microbatches: list[torch.Tensor]) -> None:
         total = float(sum(t.numel() for t in microbatches))

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from megatron_mcpo.models.policy import unwrap
 from megatron_mcpo.training.ckpt_files import CheckpointError
 from megatron_mcpo.training.optimizer import set_policy_weights
+from megatron_mcpo.training.optimizer_fallbacks import inner_optimizers
 from megatron_mcpo.training.train_step import split_microbatches, train_step
 
 
@@ -70,8 +71,8 @@ def length_bucketed(records: list[dict], batch_size: int, window: int, rng: rand
 
 def _clear_adam_state(optimizer) -> None:
     """Drop the torch optimizers' moment estimates (they re-initialise lazily at the next step)."""
-    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
-        inner.optimizer.state.clear()
+    for inner in inner_optimizers(optimizer):
+        inner.state.clear()
 
 
 def sft_warm_start(trainer, steps: int, batch_size: int = 20, seed: int = 0, lr: Optional[float] = None,

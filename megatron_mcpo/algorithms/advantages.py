@@ -63,7 +63,6 @@ def group_advantages(
     return (rewards - mean) * loo_scale
 
 
-
 def advantage_metrics(advantages: torch.Tensor, dp_group=None) -> dict[str, float]:
     """adv/{mean,abs_mean,max,min} of the sequence advantages Â [N] of every rank of `dp_group` (None: this
     process only), verl's critic/advantages/*: abs_mean 0 means no learning signal. {} when N is 0 everywhere."""

@@ -17,6 +17,8 @@ from typing import Iterator, Optional
 
 import torch
 
+from megatron_mcpo.training.optimizer_fallbacks import inner_optimizers
+
 _GB = float(1 << 30)
 
 
@@ -83,9 +85,8 @@ def optimizer_state_tensors(optimizer, model_chunks: list) -> list[torch.Tensor]
     parameters of mixed precision, leaving out anything sharing storage with the model's parameters
     (fp32 training optimizes the model parameters themselves, which generation and refit need)."""
     model = {p.untyped_storage().data_ptr() for c in model_chunks for p in c.parameters()}
-    inner = [o.optimizer for o in getattr(optimizer, "chained_optimizers", [optimizer])]
     found = []
-    for opt in inner:
+    for opt in inner_optimizers(optimizer):
         found += [p for g in opt.param_groups for p in g["params"]]
         found += [v for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
     return [t for t in found if t.untyped_storage().data_ptr() not in model]

@@ -60,9 +60,13 @@ def install() -> bool:
     return True
 
 
+def inner_optimizers(megatron_optimizer) -> list:
+    """The torch optimizers inside a Megatron optimizer (one, or one per chained optimizer)."""
+    return [o.optimizer for o in getattr(megatron_optimizer, "chained_optimizers", [megatron_optimizer])]
+
+
 def _torch_adams(megatron_optimizer) -> list:
-    inner = [o.optimizer for o in getattr(megatron_optimizer, "chained_optimizers", [megatron_optimizer])]
-    return [o for o in inner if type(o) in (torch.optim.AdamW, torch.optim.Adam)]
+    return [o for o in inner_optimizers(megatron_optimizer) if type(o) in (torch.optim.AdamW, torch.optim.Adam)]
 
 
 def use_fused_adam(megatron_optimizer, device_type: str = "cuda") -> int:

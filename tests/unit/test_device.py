@@ -76,6 +76,7 @@ def trainer_pieces(rank, hf_dir, device="cpu", claim_cuda=True):
     from megatron_mcpo.training.mcpo_term import make_term
     from megatron_mcpo.training.minibatch import train_minibatch
     from megatron_mcpo.training.optimizer import set_policy_weights, setup_train_state
+    from megatron_mcpo.training.optimizer_fallbacks import inner_optimizers
     from megatron_mcpo.training.reference import ReferencePolicy
     from megatron_mcpo.training.train_step import concat_outputs, forward_outputs, split_microbatches
     from megatron_mcpo.weights.loader import load_hf_weights
@@ -117,7 +118,7 @@ def trainer_pieces(rank, hf_dir, device="cpu", claim_cuda=True):
         for j, st in enumerate(opt.state_dict()["state"].values()):
             # torch Adam keeps its step counter on the host unless fused/capturable: not a device tensor
             tensors.update({f"{name}{j}/{k}": v for k, v in st.items() if torch.is_tensor(v) and k != "step"})
-    inner = [o.optimizer for o in getattr(state.optimizer, "chained_optimizers", [state.optimizer])]
+    inner = inner_optimizers(state.optimizer)
     return {"asked": asked, "devices": {k: str(v.device) for k, v in tensors.items()},
             "optimizer_states": sum(k.startswith("opt") for k in tensors), "metrics": metrics,
             "adam_fused": [g["fused"] for o in inner for g in o.param_groups]}

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from megatron_mcpo.rollout.memory import ColocatedMemory, StorageOffload, grad_buffer_tensors, optimizer_state_tensors
+from megatron_mcpo.training.optimizer_fallbacks import inner_optimizers
 
 
 def test_storage_offload_round_trip_keeps_views():
@@ -86,9 +87,9 @@ def test_hand_over_order_and_no_metrics_on_cpu():
 
 def _adam_state(optimizer) -> dict:
     """{(optimizer, group, parameter, key): tensor} of the Megatron optimizer's torch optimizers."""
-    return {(i, g, j, k): v for i, o in enumerate(getattr(optimizer, "chained_optimizers", [optimizer]))
-            for g, group in enumerate(o.optimizer.param_groups) for j, p in enumerate(group["params"])
-            for k, v in o.optimizer.state[p].items()}
+    return {(i, g, j, k): v for i, o in enumerate(inner_optimizers(optimizer))
+            for g, group in enumerate(o.param_groups) for j, p in enumerate(group["params"])
+            for k, v in o.state[p].items()}
 
 
 def _save_while_offloaded(rank, hf_dir, save_dir):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dist_utils import run_distributed
-from megatron_mcpo.training.optimizer_fallbacks import foreach_l2_norm, foreach_scale
+from megatron_mcpo.training.optimizer_fallbacks import foreach_l2_norm, foreach_scale, inner_optimizers
 
 
 def _tensors():
@@ -60,8 +60,8 @@ def _optimizer_step(rank, kernels):
         p.main_grad.copy_(torch.randn(p.shape, generator=g))
     ok, grad_norm, _ = state.optimizer.step()
     return {"installed": installed, "ok": ok, "grad_norm": grad_norm,
-            "main_params": [p.detach().clone() for o in state.optimizer.chained_optimizers
-                            for g in o.fp32_from_float16_groups for p in g]}
+            "main_params": [p.detach().clone() for o in inner_optimizers(state.optimizer)
+                            for g in o.param_groups for p in g["params"]]}
 
 
 def test_a_megatron_optimizer_step_matches_megatrons_fallbacks():
@@ -104,8 +104,8 @@ def _fused_adam_resume(rank, save_dir, distributed_optimizer):
         assert state.optimizer.step()[0]
         state.step += 1
         # the inner torch optimizer's parameters: the fp32 main parameters (their shards, distributed)
-        return [p.detach().clone() for o in state.optimizer.chained_optimizers
-                for g in o.optimizer.param_groups for p in g["params"]]
+        return [p.detach().clone() for o in inner_optimizers(state.optimizer)
+                for g in o.param_groups for p in g["params"]]
 
     first = fused_state(0)
     step(first, 1)
@@ -113,7 +113,7 @@ def _fused_adam_resume(rank, save_dir, distributed_optimizer):
     uninterrupted = step(first, 2)
     resumed = fused_state(7)  # other initial weights: everything must come from the checkpoint
     load_checkpoint(resumed, path)
-    inner = [o.optimizer for o in resumed.optimizer.chained_optimizers]
+    inner = inner_optimizers(resumed.optimizer)
     steps = [float(s["step"]) for o in inner for s in o.state.values()]  # restored, before the next step
     return {"uninterrupted": uninterrupted, "resumed": step(resumed, 2),
             "fused": [g["fused"] for o in inner for g in o.param_groups], "steps": steps}
