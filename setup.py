@@ -24,6 +24,7 @@ setup(
         MCORE,
         "numpy",
         "packaging>=24.2",
+        "psutil",  # megatron-core's checkpoint writer imports it (not among megatron-core's own requirements)
         "tqdm",
         "pyyaml",
         "safetensors>=0.6.2",

@@ -5,13 +5,13 @@
 #   PYTHON=.venv/bin/python benchmarks/gpu_checks.sh --device cpu   # CPU smoke of the same steps, tiny sizes
 #
 # The GPU image (Python 3.12, torch with CUDA, transformers, pytest; no vLLM, no Transformer Engine, no
-# megatron-core, no network) gets megatron-core from the carried wheel, made once with
+# megatron-core, maybe no psutil, no network) gets both from the carried wheels, made once with
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_28_x86_64 -d .whl megatron-core==0.16.1
-# (.whl/ is git-ignored: pass it to the device tool's `carry`; the repo plus wheel is ~3 MB of the 64 MiB.)
+#     --platform manylinux_2_28_x86_64 -d .whl megatron-core==0.16.1 psutil
+# (.whl/ is git-ignored: pass it to the device tool's `carry`; the repo plus wheels is ~3 MB of the 64 MiB.)
 #
 # Steps (each with its own time limit, all within BUDGET_S; a step past the budget is recorded as skipped):
-#   install      megatron-core from .whl/ (only when it is not importable already)
+#   install      megatron-core and psutil from .whl/ (each only when it is not importable already)
 #   env          GPU, driver, library versions
 #   gpu_tests    every GPU-marked test (tests/gpu/*, the NCCL case of tests/rollout/test_broadcast.py):
 #                single-GPU vs CPU parity of forward, loss and gradients; every trainer tensor on cuda and
@@ -70,18 +70,19 @@ check() {  # check NAME LIMIT_S CMD...: exit 0 pass, 3 skip (reason on the log's
   fi
 }
 
-# -- install: megatron-core from the carried wheel, unless importable already (the CPU venv has it)
-install_mcore() {
-  if "$PY" -c "import megatron.core" 2>/dev/null; then echo "megatron-core already importable"; return 0; fi
-  local tag whl
-  tag=$("$PY" -c "import sys; print(f'cp{sys.version_info.major}{sys.version_info.minor}')")
-  whl=$(ls .whl/megatron_core-*-"$tag"-*.whl 2>/dev/null | head -n 1)
-  [ -n "$whl" ] || { echo "no megatron-core wheel for $tag in .whl/ (see the header of $0)"; return 1; }
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/mcpo_site "$whl"
+# -- install: megatron-core and psutil (its checkpoint writer needs it; not among its requirements) from the
+#    carried wheels, each only where it is not importable already (the CPU venv has both)
+install_deps() {
+  local reqs=()
+  "$PY" -c "import megatron.core" 2>/dev/null || reqs+=(megatron-core)
+  "$PY" -c "import psutil" 2>/dev/null || reqs+=(psutil)
+  if [ ${#reqs[@]} -eq 0 ]; then echo "megatron-core and psutil already importable"; return 0; fi
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --find-links .whl \
+    --target /tmp/mcpo_site "${reqs[@]}" || { echo "no wheel in .whl/ for ${reqs[*]} on this Python (see the header of $0)"; return 1; }
 }
 export PY DEVICE OUT
-export -f install_mcore
-check install 90 bash -c install_mcore
+export -f install_deps
+check install 90 bash -c install_deps
 export PYTHONPATH=/tmp/mcpo_site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 
 # -- env

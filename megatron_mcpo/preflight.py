@@ -144,3 +144,12 @@ def check_reward_backends(domains: list[str]) -> None:
         if run.status != "ok" or run.stdout != "1\n":
             raise ConfigError(f"data.domains: the code sandbox ran print(1) to '{run.status}' "
                               f"({(run.stderr or run.stdout).strip()[:300]!r}); or leave code out of data.domains")
+
+
+def check_checkpoint_writer(save_dir: Optional[str]) -> None:
+    """megatron-core's checkpoint writer (0.16) forks writer processes whose first call is psutil's; without
+    psutil each writer dies before reporting and the save waits for them forever: the run would hang at its
+    first checkpoint instead of failing."""
+    if save_dir is not None and importlib.util.find_spec("psutil") is None:
+        raise ConfigError("checkpoint.save_dir: megatron-core's checkpoint writer needs psutil, which cannot be "
+                          "imported here (pip install psutil)")

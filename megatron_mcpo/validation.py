@@ -12,11 +12,13 @@ from megatron_mcpo.config import Config, model_family, read_hf_config, require, 
 
 def validate_launched(cfg: Config) -> Config:
     """`validate` in a launched process, for the world it runs in (torchrun's WORLD_SIZE; 1 run alone), and
-    the reward verifiers of data.domains on this machine (`mcpo validate` on a login node skips those)."""
+    the reward verifiers of data.domains and the checkpoint writer on this machine (`mcpo validate` on a
+    login node skips those)."""
     validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")))
-    from megatron_mcpo.preflight import check_reward_backends
+    from megatron_mcpo.preflight import check_checkpoint_writer, check_reward_backends
 
     check_reward_backends(cfg.data.domains)
+    check_checkpoint_writer(cfg.checkpoint.save_dir)
     return cfg
 
 

@@ -112,11 +112,13 @@ def test_train_command_end_to_end(tmp_path):
     assert not (tmp_path / "save").exists()
 
 
-def _no_math_verify(monkeypatch):
-    import importlib.util
+def _not_importable(module):
+    def hide(monkeypatch):
+        import importlib.util
 
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "math_verify" else find_spec(name, *a))
+        find_spec = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else find_spec(name, *a))
+    return hide
 
 
 def _sandbox_cannot_start(monkeypatch):
@@ -134,13 +136,17 @@ def _sandbox_breaks_programs(monkeypatch):
 
 
 @pytest.mark.parametrize("broken, domains, message", [
-    (_no_math_verify, "[math, science]", "data.domains: 'math' is scored with math-verify, but math_verify cannot be imported"),
+    (_not_importable("math_verify"), "[math, science]", "data.domains: 'math' is scored with math-verify, but math_verify cannot be imported"),
+    # megatron-core's writer processes die on it before reporting, and the save then waits forever
+    (_not_importable("psutil"), "[science]", "checkpoint.save_dir: megatron-core's checkpoint writer needs psutil"),
     (_sandbox_cannot_start, "[code]", "data.domains: 'code' runs programs in the sandbox, which cannot start here: unshare"),
     (_sandbox_breaks_programs, "[code, math]", "data.domains: the code sandbox ran print(1) to 'runtime_error' ('ImportError: boom')"),
 ])
-def test_a_run_whose_verifiers_cannot_work_here_is_refused(tmp_path, capsys, monkeypatch, broken, domains, message):
-    """`mcpo train` checks the verifiers of its domains on the machine it runs on (else every response of the
-    domain would score 0, silently); `mcpo validate` (a login node may differ) does not."""
+def test_a_run_whose_verifiers_or_checkpoint_writer_cannot_work_here_is_refused(tmp_path, capsys, monkeypatch, broken,
+                                                                                domains, message):
+    """`mcpo train` checks the verifiers of its domains (else every response of the domain would score 0,
+    silently) and the checkpoint writer on the machine it runs on; `mcpo validate` (a login node may differ)
+    does not."""
     broken(monkeypatch)
     args = ["--config", CONFIG, "--set", f"data.domains={domains}", "--set", f"logging.log_dir={tmp_path}/logs",
             "--set", f"checkpoint.save_dir={tmp_path}/save", "--set", f"run.output_dir={tmp_path}/out"]
