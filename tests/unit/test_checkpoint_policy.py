@@ -1,12 +1,12 @@
 """checkpoint.resume (auto | required | never), checkpoint.overwrite and what a save directory may be
 written over: a mistyped load_dir or a relaunch into an existing run's save_dir never silently starts
-from step 0 over its checkpoints."""
+from step 0 over its checkpoints; checkpoint.keep_last deletes only this run's older checkpoints."""
 import json
 
 import pytest
 
 from megatron_mcpo.config import CheckpointConfig
-from megatron_mcpo.training.ckpt_files import CheckpointError, check_run_info, resume_source
+from megatron_mcpo.training.ckpt_files import CheckpointError, check_run_info, prune_checkpoints, resume_source
 
 
 def _ckpt(d, step=2):
@@ -96,3 +96,20 @@ def test_run_info_refuses_an_optimizer_state_this_layout_cannot_load(tmp_path):
     plain = optimizer_layout(ParallelConfig(tp=2))  # the plain optimizer's state reshards over TP/PP too
     (it / "run_info.json").write_text(json.dumps({"model": {}, "optimizer_layout": plain}))
     check_run_info(str(it), {}, None, "x", optimizer_layout(ParallelConfig(tp=1, pp=2)))
+
+
+def test_keep_last_deletes_older_iterations_up_to_the_latest_only(tmp_path):
+    for step in (2, 10, 6, 4, 8):  # created out of order: pruning goes by step number
+        _ckpt(tmp_path, step)
+    (tmp_path / "latest_iteration.txt").write_text("10")
+    (tmp_path / "iter_0000012").mkdir()  # past the marker: an interrupted save, not this run's to delete
+    (tmp_path / "iter_notes").mkdir()  # not an iteration
+    (tmp_path / "hf").mkdir()
+    assert prune_checkpoints(str(tmp_path), 0) == []  # 0 keeps all
+    deleted = prune_checkpoints(str(tmp_path), 2)
+    assert [p.rsplit("/", 1)[1] for p in deleted] == ["iter_0000002", "iter_0000004", "iter_0000006"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "hf", "iter_0000008", "iter_0000010", "iter_0000012", "iter_notes", "latest_iteration.txt"]
+    assert resume_source(CheckpointConfig(save_dir=str(tmp_path))) == str(tmp_path / "iter_0000010")
+    assert prune_checkpoints(str(tmp_path), 1) == [str(tmp_path / "iter_0000008")]
+    assert prune_checkpoints(str(tmp_path / "iter_0000010"), 1) == []  # a checkpoint directory given itself

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from megatron_mcpo.plots import load_log, plot_log
+from megatron_mcpo.plots import load_log, plot_log, series
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -67,6 +67,19 @@ def test_bad_log_names_file_and_line(tmp_path):
     path.write_text('{"loss": 1}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:1: a metrics record needs a numeric 'step'"):
         load_log(str(path))
+
+
+def test_a_resumed_run_replaces_the_steps_it_logs_again(tmp_path):
+    """Crashed after step 4, resumed from the checkpoint of step 2 (its eval-before-train at step 2 again):
+    the curves follow the resumed run; steps before the checkpoint stay."""
+    first = [{"step": 0, "eval/all/acc": 0.1}] + [{"step": s, "pg_loss": float(s)} for s in (1, 2, 3, 4)]
+    resumed = [{"step": 2, "eval/all/acc": 0.3}] + [{"step": s, "pg_loss": -float(s)} for s in (3, 4, 5)]
+    path = tmp_path / "run.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in first + resumed))
+    records = load_log(str(path))
+    assert series(records, "pg_loss") == ([1, 2, 3, 4, 5], [1.0, 2.0, -3.0, -4.0, -5.0])
+    assert series(records, "eval/all/acc") == ([0, 2], [0.1, 0.3])
+    assert len(path.read_text().splitlines()) == 9  # the file keeps every record
 
 
 def test_cli_plot(tmp_path, capsys):
