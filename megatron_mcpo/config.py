@@ -37,6 +37,8 @@ class ModelConfig:
     attention_backend: Literal["auto", "sdpa", "local"] = "auto"
     fp8: Optional[Literal["hybrid", "e4m3"]] = None
     fp8_recipe: Literal["delayed", "tensorwise", "blockwise"] = "delayed"
+    # Activation recompute (megatron's): "full" recomputes each group of recompute_num_layers layers in the
+    # backward pass (it must divide each pipeline stage's layers), "selective" only the core attention.
     recompute_granularity: Optional[Literal["full", "selective"]] = None
     recompute_num_layers: int = 1
     # Run each training micro-batch as one packed row of its real tokens (no padding compute): THD with

@@ -84,7 +84,11 @@ def validate(
         require(m.attention_backend == "auto", "model.fp8: FP8 needs the TE spec (model.attention_backend=auto)")
         require(te, "model.fp8: FP8 needs Transformer Engine, which is not installed")
         require(m.params_dtype == "bf16", "model.fp8: FP8 training expects model.params_dtype=bf16")
-    require(m.recompute_granularity is None or on_gpu, "model.recompute_granularity: activation recompute is GPU only")
+    if m.recompute_granularity == "full":  # megatron recomputes each stage's layers in groups of this size
+        per_chunk = layers // (p.pp * (p.vpp or 1))
+        require(m.recompute_num_layers >= 1 and per_chunk % m.recompute_num_layers == 0,
+                f"model.recompute_num_layers: {m.recompute_num_layers} does not divide the {per_chunk} layers of each "
+                f"pipeline stage (num_hidden_layers={layers}, pp={p.pp}, vpp={p.vpp or 1})")
 
     a = cfg.algorithm
     require(a.clip_ratio_low >= 0, f"algorithm.clip_ratio_low: must be >= 0, got {a.clip_ratio_low}")

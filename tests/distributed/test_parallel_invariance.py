@@ -1,4 +1,6 @@
-"""TP=2, PP=2 (+VPP) and DP=2 reproduce the single-process forward and train step (fp32, gloo).
+"""TP=2, PP=2 (+VPP) and DP=2 reproduce the single-process forward and train step (fp32, gloo), and so
+do TP=2 with full activation recompute and PP=2 with selective (core attention) recompute, the example
+configs' setting (each recomputed block counted, so the recompute is known to run).
 
 One reference process saves its randomly initialised tiny Qwen3 (tied embeddings, QK-norm) as a
 dist_checkpointing checkpoint and computes log-probs, entropy, pooled hidden states, loss, grad norm
@@ -40,7 +42,7 @@ def _loss_fn(total_tokens):
     return loss_fn
 
 
-def _worker(rank, tp, pp, vpp, ckpt, save, mbs):
+def _worker(rank, tp, pp, vpp, ckpt, save, mbs, recompute=None):
     from megatron_mcpo.config import Config
     from megatron_mcpo.distributed import init_distributed
     from megatron_mcpo.models.families import tiny_hf_config
@@ -52,6 +54,7 @@ def _worker(rank, tp, pp, vpp, ckpt, save, mbs):
     cfg.run.device = "cpu"
     cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.vpp = tp, pp, vpp
     cfg.optimizer.optimizer, cfg.optimizer.lr = "sgd", 0.5  # Adam's first step is ~sign(g): it amplifies fp32 noise
+    cfg.model.recompute_granularity = recompute
     groups = init_distributed(tp=tp, pp=pp, vpp=vpp, device="cpu", seed=7)
     hf = tiny_hf_config("qwen3")
     state = setup_train_state(cfg, hf, groups)
@@ -67,9 +70,16 @@ def _worker(rank, tp, pp, vpp, ckpt, save, mbs):
     total_tokens = batch["response_mask"].sum()
     mb_list = split_microbatches(local, mbs)
     before = forward_outputs(state.policy, mb_list)
-    metrics = train_step(state, mb_list, _loss_fn(total_tokens))
+    from megatron.core import tensor_parallel
+
+    checkpoint, recomputed = tensor_parallel.checkpoint, []  # megatron's recompute wraps blocks in it
+    tensor_parallel.checkpoint = lambda *a, **k: recomputed.append(1) or checkpoint(*a, **k)
+    try:
+        metrics = train_step(state, mb_list, _loss_fn(total_tokens))
+    finally:
+        tensor_parallel.checkpoint = checkpoint
     after = forward_outputs(state.policy, mb_list)
-    result = {"metrics": metrics, "index": local["index"], "last": groups.is_last_stage}
+    result = {"metrics": metrics, "index": local["index"], "last": groups.is_last_stage, "recomputed": len(recomputed)}
     if groups.is_last_stage:
         b, a = concat_outputs(before), concat_outputs(after)
         result.update(logprobs=b.logprobs, entropy=b.entropy, pooled=b.pooled, after=a.logprobs)
@@ -84,7 +94,13 @@ def reference(tmp_path_factory):
 
 
 LAYOUTS = {"tp2": dict(tp=2, pp=1, vpp=None), "pp2": dict(tp=1, pp=2, vpp=None),
-           "pp2_vpp2": dict(tp=1, pp=2, vpp=2), "dp2": dict(tp=1, pp=1, vpp=None)}
+           "pp2_vpp2": dict(tp=1, pp=2, vpp=2), "dp2": dict(tp=1, pp=1, vpp=None),
+           "tp2_recompute_full": dict(tp=2, pp=1, vpp=None, recompute="full"),
+           "pp2_recompute_selective": dict(tp=1, pp=2, vpp=None, recompute="selective")}
+# checkpointed blocks per rank in the train step: one per layer of the stage (recompute_num_layers=1 for
+# full, the core attention for selective) per micro-batch; the tiny Qwen3 has 4 layers, and these layouts
+# (DP1) run the 8 rows as 4 micro-batches of 2
+RECOMPUTED = {"tp2_recompute_full": 4 * 4, "pp2_recompute_selective": 2 * 4}
 
 
 @pytest.fixture(scope="module")
@@ -106,5 +122,6 @@ def test_layout_matches_single_process(reference, layouts, layout):
         for name in ("loss", "nll", "grad_norm"):
             assert r["metrics"][name] == pytest.approx(ref["metrics"][name], rel=1e-5), name
     assert ref["metrics"]["grad_norm"] > 0
+    assert [r["recomputed"] for r in results] == [RECOMPUTED.get(layout, 0)] * 2 and ref["recomputed"] == 0
     # the step really changed the weights
     assert (ref["after"][response] - ref["logprobs"][response]).abs().max() > 1e-3

@@ -2,6 +2,7 @@
 checkpoint, a resumed third step. After every refit (and the resume's) the engine's sampling log-probs
 must equal Megatron's old log-probs of the same tokens (fp32)."""
 import math
+import os
 
 import pytest
 
@@ -24,6 +25,7 @@ def _run(rank, out, total_steps, resume):
     cfg = load_config("examples/configs/tiny_cpu.yaml", OVERRIDES + [
         f"run.total_steps={total_steps}", f"run.output_dir={out}", f"logging.log_dir={out}/logs",
         f"checkpoint.save_dir={out}/ckpt", *([f"checkpoint.load_dir={out}/ckpt"] if resume else []),
+        "checkpoint.save_interval=1", "checkpoint.keep_last=1",
     ])
     trainer = build_trainer(validate_launched(cfg))
     try:
@@ -40,8 +42,11 @@ def test_loop_with_hf_engine_refit_checkpoint_resume(tmp_path):
     out = str(tmp_path)
     (first,) = run_distributed(_run, world_size=1, timeout=1200, out=out, total_steps=2, resume=False)
     assert first["engine"] == "HFEngine" and first["end"] == (2, 2)
+    saved = lambda: sorted(n for n in os.listdir(f"{out}/ckpt") if n.startswith("iter_"))  # noqa: E731
+    assert saved() == ["iter_0000002"]  # saved every step, keep_last=1
     (second,) = run_distributed(_run, world_size=1, timeout=1200, out=out, total_steps=3, resume=True)
     assert second["end"] == (3, 3) and [m["step"] for m in second["history"]] == [3]
+    assert saved() == ["iter_0000003"]  # the one resumed from goes once a newer one is complete
     steps = first["history"] + second["history"]
     for m in steps:
         for key in ("pg_loss", "grad_norm", "mcpo/loss_cl", "reward/all/acc", "refit/seconds"):
@@ -86,14 +91,14 @@ def test_hf_engine_with_tensor_parallel_training(tmp_path):
 
 def _run_recipe(rank, out, total_steps, resume):
     """The example configs' recipe on the tiny model: bf16 parameters (fp32 main parameters), the
-    distributed optimizer, a KL term (their activation recompute is GPU only)."""
+    distributed optimizer, a KL term, full activation recompute."""
     from megatron_mcpo.config import load_config
     from megatron_mcpo.validation import validate_launched
     from megatron_mcpo.build import build_trainer
 
     cfg = load_config("examples/configs/tiny_cpu.yaml", OVERRIDES + [
         "model.params_dtype=bf16", "parallel.use_distributed_optimizer=true", "algorithm.kl_coef=0.01",
-        "parallel.micro_batch_size=2",
+        "model.recompute_granularity=full", "parallel.micro_batch_size=2",
         "optimizer.lr=1e-3", f"run.total_steps={total_steps}", f"run.output_dir={out}",
         f"logging.log_dir={out}/logs", f"checkpoint.save_dir={out}/ckpt",
         *([f"checkpoint.load_dir={out}/ckpt"] if resume else [])])

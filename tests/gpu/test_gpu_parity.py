@@ -1,8 +1,8 @@
 """GPU tests (skipped without CUDA; see README 'GPU status' for when they last ran).
 
 Single-rank GPU vs CPU parity of the policy forward, the loss and the gradients of one train step (local
-spec, fp32, TF32 off; the same HF weights on both), and a Transformer Engine / FP8 train step where TE is
-installed. Tolerances: 1e-4 absolute on log-probs/pooled states/gradients, 1e-4 relative on loss and grad
+spec, fp32, TF32 off; the same HF weights on both), the same step with full activation recompute, and a
+Transformer Engine / FP8 train step where TE is installed. Tolerances: 1e-4 absolute on log-probs/pooled states/gradients, 1e-4 relative on loss and grad
 norm (fp32 kernels differ between devices only in summation order).
 """
 import pytest
@@ -46,11 +46,16 @@ def _step(rank, device, hf_dir, overrides, tp=1):
             "loss": metrics["loss"], "grads": grads, "devices": placed}
 
 
+@pytest.fixture(scope="module")
+def gpu(tiny_dirs):
+    (r,) = run_distributed(_step, world_size=1, device="cuda", hf_dir=tiny_dirs["qwen3"],
+                           overrides=["model.transformer_impl=local"])
+    return r
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_single_gpu_matches_cpu(tiny_dirs):
+def test_single_gpu_matches_cpu(tiny_dirs, gpu):
     (cpu,) = run_distributed(_step, world_size=1, device="cpu", hf_dir=tiny_dirs["qwen3"], overrides=[])
-    (gpu,) = run_distributed(_step, world_size=1, device="cuda", hf_dir=tiny_dirs["qwen3"],
-                             overrides=["model.transformer_impl=local"])
     assert cpu["devices"] == {"cpu"} and gpu["devices"] == {"cuda:0"}
     torch.testing.assert_close(gpu["logprobs"], cpu["logprobs"], atol=1e-4, rtol=0)
     torch.testing.assert_close(gpu["pooled"], cpu["pooled"], atol=1e-4, rtol=0)
@@ -59,6 +64,16 @@ def test_single_gpu_matches_cpu(tiny_dirs):
     assert gpu["grads"].keys() == cpu["grads"].keys()
     for i in cpu["grads"]:
         torch.testing.assert_close(gpu["grads"][i], cpu["grads"][i], atol=1e-4, rtol=0, msg=f"parameter {i}")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_full_activation_recompute_on_gpu_changes_nothing(tiny_dirs, gpu):
+    """The example configs' recompute (CPU: tests/distributed/test_parallel_invariance.py) on the GPU kernels."""
+    (r,) = run_distributed(_step, world_size=1, device="cuda", hf_dir=tiny_dirs["qwen3"],
+                           overrides=["model.transformer_impl=local", "model.recompute_granularity=full"])
+    assert r["loss"] == pytest.approx(gpu["loss"], rel=1e-5) and r["grad_norm"] == pytest.approx(gpu["grad_norm"], rel=1e-5)
+    for i in gpu["grads"]:
+        torch.testing.assert_close(r["grads"][i], gpu["grads"][i], atol=1e-5, rtol=0, msg=f"parameter {i}")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -51,6 +51,9 @@ def test_overrides_apply_over_yaml(tmp_path):
         (["parallel.tp=3"], "parallel.tp"),  # 4 heads
         (["parallel.tp=4"], "parallel.tp"),  # 2 KV heads
         (["parallel.pp=3"], "parallel.pp"),  # 4 layers
+        (["model.recompute_granularity=full", "model.recompute_num_layers=3"], "model.recompute_num_layers"),
+        (["model.recompute_granularity=full", "parallel.pp=2", "model.recompute_num_layers=4"],
+         "model.recompute_num_layers"),
         (["model.hf_path=tiny:gpt2"], "model.hf_path"),
         (["model.fp8=hybrid"], "model.fp8"),
         (["parallel.sequence_parallel=true", "parallel.tp=2"], "parallel.sequence_parallel"),
