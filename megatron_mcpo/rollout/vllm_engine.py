@@ -373,6 +373,14 @@ class VLLMEngine:
         resources = getattr(getattr(getattr(engine, "llm_engine", None), "engine_core", None), "resources", None)
         if resources is not None:  # a deliberate end (vLLM's own clean-up sets it too): its liveness monitor
             resources.engine_dead = True  # stays quiet instead of logging "engine core exited unexpectedly"
+        manager = getattr(resources, "engine_manager", None)
+        if manager is not None:
+            # The processes are ended and reaped here. vLLM's liveness monitor thread would otherwise run its
+            # process manager's shutdown as soon as the engine core exits, racing the join below for the same
+            # pid (whichever loses sees a live process: "force killing" a pid already reaped). Stopped and
+            # detached, vLLM's own shutdown later finds nothing left to end.
+            manager.manager_stopped.set()
+            manager._finalizer.detach()
         procs = getattr(self, "_procs", [])
         for p in procs:
             try:
@@ -386,10 +394,9 @@ class VLLMEngine:
             except psutil.Error:
                 pass
         _wait_exited(alive, 30.0)  # their memory is free once this returns
-        # psutil reports a process's main thread as a zombie while its other threads may still be exiting;
-        # vLLM's shutdown would then find the engine core alive and force-kill its pid. Reaped here through
-        # vLLM's own process handles (which then know it has ended), waiting for the whole process.
-        for proc in getattr(getattr(resources, "engine_manager", None), "processes", []):
+        # psutil reports a process's main thread as a zombie while its other threads may still be exiting:
+        # reaped through vLLM's own process handles (which then know it has ended), waiting for the whole process.
+        for proc in getattr(manager, "processes", []):
             proc.join(timeout=_SHUTDOWN_GRACE_S)
         if engine is not None:
             core = getattr(engine.llm_engine, "engine_core", None)

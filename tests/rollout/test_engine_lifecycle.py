@@ -111,6 +111,8 @@ def test_shutdown_ends_the_engine_cleanly(tiny_dirs):
     seconds, pids = float(ended[1]), [int(p) for p in ended[2:]]
     assert len(pids) >= 2  # the engine core and its worker
     assert seconds < 10, f"shutdown took {seconds} s"
-    for unclean in ("leaked shared_memory", "leaked semaphore", "WorkerProc was terminated", "force killing"):
+    # vLLM's process manager signalling the engine core means its liveness monitor raced our shutdown for it
+    for unclean in ("leaked shared_memory", "leaked semaphore", "WorkerProc was terminated", "force killing",
+                    "Process manager: send sigterm"):
         assert unclean not in log, f"'{unclean}' in the log:\n{log[-3000:]}"
     assert not _running(pids)
