@@ -19,6 +19,7 @@ from megatron_mcpo.training.ckpt_files import (
     read_manifest, verify_files, write_manifest, write_run_info,
 )
 from megatron_mcpo.training.optimizer_fallbacks import init_adam_state, restore_adam_step
+from megatron_mcpo.training.writer_watch import dead_writer_raises
 from megatron_mcpo.progress import phase
 
 __all__ = ["LATEST", "CheckpointError", "iteration_dir", "latest_checkpoint", "save_checkpoint", "load_checkpoint",
@@ -71,7 +72,7 @@ def save_checkpoint(state, save_dir: str, common: Optional[dict] = None, save_op
                                                              metadata=OPTIMIZER_METADATA)
         sd["scheduler"] = state.scheduler.state_dict()
     sd["common"] = {"step": state.step, **(common or {})}
-    with phase(f"checkpoint save {os.path.basename(path)}"):
+    with phase(f"checkpoint save {os.path.basename(path)}"), dead_writer_raises(path):
         dist_checkpointing.save(sd, path)
     if extra is not None:
         extra(path)
