@@ -299,6 +299,13 @@ class CheckpointConfig:
     save_interval: int = 50  # RL steps between saves (and at the end, and on SIGTERM/SIGINT); 0 = only those
     # Keep only the newest N checkpoints of save_dir, deleting older ones after each save (0 = keep all).
     keep_last: int = 0
+    # How the distributed optimizer's state is saved (the plain optimizer's always reshards freely).
+    # dp_reshardable (Megatron-LM's default): every rank writes its own shard in parallel; resumable at the
+    # same tp/pp/vpp with any number of data-parallel replicas. fully_reshardable: each model-parallel
+    # shard's state is gathered over gloo into host memory on its first data-parallel rank and written in
+    # the model's own layout: resumable at any tp/pp/vpp, slower to save, and a load reads the whole
+    # shard's state on every rank. A resume reads the format the checkpoint was saved in.
+    optimizer_format: Literal["dp_reshardable", "fully_reshardable"] = "dp_reshardable"
     # At the end of a run also write <save_dir>/hf_export: safetensors + config + tokenizer/chat template
     # (loads in transformers and vLLM; the same conversion as tools/convert_megatron_to_hf.py).
     export_hf: bool = False

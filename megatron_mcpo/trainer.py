@@ -364,7 +364,8 @@ class Trainer:
                 "algorithm": self.cfg.algorithm.name, "projector": self._projector_sizes(), "rl_steps": self.rl_steps,
                 "optimizer_layout": optimizer_layout(self.cfg.parallel)}
         with self.memory.training_state_resident() if self.memory is not None else nullcontext():
-            path = save_checkpoint(self.state, c.save_dir, common, extra=save_projector, run_info=info)
+            path = save_checkpoint(self.state, c.save_dir, common, extra=save_projector, run_info=info,
+                                   optimizer_format=c.optimizer_format)
         self._saved_step, self._saved_path = self.rl_steps, path
         if c.keep_last and g.world_rank == 0:
             for old in prune_checkpoints(c.save_dir, c.keep_last):

@@ -15,8 +15,8 @@ import torch.distributed as dist
 
 from megatron_mcpo.models.policy import unwrap
 from megatron_mcpo.training.ckpt_files import (
-    LATEST, CheckpointError, checkpoint_files, file_digests, iteration_dir, latest_checkpoint, raise_problems,
-    read_manifest, verify_files, write_manifest, write_run_info,
+    DP_RESHARDABLE, LATEST, CheckpointError, checkpoint_files, file_digests, iteration_dir, latest_checkpoint,
+    raise_problems, read_manifest, saved_optimizer_format, verify_files, write_manifest, write_run_info,
 )
 from megatron_mcpo.training.optimizer_fallbacks import init_adam_state, restore_adam_step
 from megatron_mcpo.training.writer_watch import dead_writer_raises
@@ -26,12 +26,15 @@ __all__ = ["LATEST", "CheckpointError", "iteration_dir", "latest_checkpoint", "s
            "load_model_weights", "verify_checkpoint_distributed"]
 
 
-# The distributed optimizer's state as its buffers hold it (Megatron-LM's default): saved and loaded by every
-# rank in parallel, reshardable across data parallelism but not TP/PP. megatron's default for it
-# ('fully_sharded_model_space') is deprecated and fails in megatron-core 0.16 ("ShardedTensor.flattened_range
-# is not supported"); 'fully_reshardable' fails to load without TE/Apex (it expects no Adam step in the
-# per-parameter state). The other optimizers ignore this.
-OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
+def optimizer_metadata(optimizer_format: str) -> dict:
+    """megatron's options for the distributed optimizer's sharded state (the other optimizers ignore them):
+    'dp_reshardable' (its buffers as they are, every rank in parallel) or 'fully_reshardable' (gathered
+    per model-parallel shard, in its memory-efficient variant: over gloo into host memory on the first
+    data-parallel rank, where the plain variant all-gathers the shard's whole state onto every GPU).
+    megatron's default ('fully_sharded_model_space') is deprecated and fails in megatron-core 0.16
+    ("ShardedTensor.flattened_range is not supported")."""
+    return {"distrib_optim_sharding_type": optimizer_format,
+            "distrib_optim_fully_reshardable_mem_efficient": True}
 
 
 def model_sharded_state_dict(chunks: list) -> dict:
@@ -52,10 +55,12 @@ def _load_model_state(chunks: list, loaded: dict) -> None:
 
 
 def save_checkpoint(state, save_dir: str, common: Optional[dict] = None, save_optimizer: bool = True,
-                    extra: Optional[Callable[[str], None]] = None, run_info: Optional[dict] = None) -> str:
-    """Save model (+ optimizer) shards and `common` state at iteration `state.step`; then `extra(path)`
-    on every rank (files of the caller's own), `run_info` and the checksums of every file, and only then
-    the latest marker."""
+                    extra: Optional[Callable[[str], None]] = None, run_info: Optional[dict] = None,
+                    optimizer_format: str = DP_RESHARDABLE) -> str:
+    """Save model (+ optimizer, its distributed state in `optimizer_format`) shards and `common` state at
+    iteration `state.step`; then `extra(path)` on every rank (files of the caller's own), `run_info` (with
+    the optimizer format, which a load reads) and the checksums of every file, and only then the latest
+    marker."""
     from megatron.core import dist_checkpointing
 
     path = iteration_dir(save_dir, state.step)
@@ -69,15 +74,15 @@ def save_checkpoint(state, save_dir: str, common: Optional[dict] = None, save_op
     if save_optimizer:
         init_adam_state(state.optimizer)  # a save before the first step
         sd["optimizer"] = state.optimizer.sharded_state_dict(model_sharded_state_dict(chunks),
-                                                             metadata=OPTIMIZER_METADATA)
+                                                             metadata=optimizer_metadata(optimizer_format))
         sd["scheduler"] = state.scheduler.state_dict()
     sd["common"] = {"step": state.step, **(common or {})}
     with phase(f"checkpoint save {os.path.basename(path)}"), dead_writer_raises(path):
         dist_checkpointing.save(sd, path)
     if extra is not None:
         extra(path)
-    if run_info is not None and dist.get_rank() == 0:
-        write_run_info(path, run_info)
+    if dist.get_rank() == 0:
+        write_run_info(path, {**(run_info or {}), "optimizer_format": optimizer_format})
     dist.barrier()
     _write_checksums(path)
     if dist.get_rank() == 0:
@@ -141,14 +146,16 @@ def load_model_weights(chunks: list, ckpt_dir: str) -> None:
 
 
 def load_checkpoint(state, ckpt_dir: str, load_optimizer: bool = True) -> dict:
-    """Restore model, optimizer, scheduler and step; return the saved common state."""
+    """Restore model, optimizer (in the format it was saved in), scheduler and step; return the saved
+    common state."""
     verify_checkpoint_distributed(ckpt_dir)
     chunks = state.policy.chunks
     sd = model_sharded_state_dict(chunks)
     if load_optimizer:
         init_adam_state(state.optimizer)  # the distributed optimizer reads its step count from the state
+        metadata = optimizer_metadata(saved_optimizer_format(ckpt_dir))
         sd["optimizer"] = state.optimizer.sharded_state_dict(model_sharded_state_dict(chunks), is_loading=True,
-                                                             metadata=OPTIMIZER_METADATA)
+                                                             metadata=metadata)
     loaded = _load(sd, ckpt_dir)
     _load_model_state(chunks, loaded)
     if load_optimizer:

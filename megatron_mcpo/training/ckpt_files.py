@@ -3,7 +3,8 @@ run resumes from, whether a save directory may be written, per-file checksums an
 
 A save directory holds iter_NNNNNNN/ checkpoints and latest_iteration.txt, written last. Each
 iteration directory also holds `checksums.json` ({relative path: [size, sha256]} of every other file)
-and `run_info.json` (the model and projection head the weights belong to), both written before the
+and `run_info.json` (the model and projection head the weights belong to, the parallel layout and format
+of the optimizer state), both written before the
 marker, so a checkpoint named by the marker is complete and can be verified.
 """
 from __future__ import annotations
@@ -185,14 +186,31 @@ def model_identity(hf_config: dict) -> dict:
     return {k: hf_config[k] for k in MODEL_KEYS if k in hf_config}
 
 
+DP_RESHARDABLE = "dp_reshardable"
+
+
 def optimizer_layout(parallel) -> dict:
     """What a checkpoint's optimizer state depends on besides the model: the distributed optimizer's state
-    is laid out per TP/PP(/VPP) rank (it reshards across data parallelism only)."""
+    saved as dp_reshardable is laid out per TP/PP(/VPP) rank (it reshards across data parallelism only)."""
     return {"distributed_optimizer": parallel.use_distributed_optimizer, "tp": parallel.tp, "pp": parallel.pp,
             "vpp": parallel.vpp}
 
 
-def _check_optimizer_layout(ckpt_dir: str, saved: Optional[dict], ours: Optional[dict]) -> None:
+def _read_run_info(ckpt_dir: str) -> Optional[dict]:
+    path = os.path.join(ckpt_dir, RUN_INFO)
+    if not os.path.isfile(path):
+        return None  # older checkpoints
+    with open(path) as f:
+        return json.load(f)
+
+
+def saved_optimizer_format(ckpt_dir: str) -> str:
+    """The format the checkpoint's distributed-optimizer state was saved in (run_info.json, written by
+    save_checkpoint; older checkpoints: dp_reshardable, the only one then)."""
+    return (_read_run_info(ckpt_dir) or {}).get("optimizer_format", DP_RESHARDABLE)
+
+
+def _check_optimizer_layout(ckpt_dir: str, saved: Optional[dict], ours: Optional[dict], saved_format: str) -> None:
     if not saved or not ours:
         return
     if saved["distributed_optimizer"] != ours["distributed_optimizer"]:
@@ -201,12 +219,15 @@ def _check_optimizer_layout(ckpt_dir: str, saved: Optional[dict], ours: Optional
             f"checkpoint '{ckpt_dir}' holds the optimizer state of parallel.use_distributed_optimizer={theirs}, "
             f"this run has {mine}: the two store it differently; resume with the checkpoint's setting")
     layout = {k: saved[k] for k in ("tp", "pp", "vpp")}
-    if saved["distributed_optimizer"] and layout != {k: ours[k] for k in layout}:
+    fixed = saved["distributed_optimizer"] and saved_format == DP_RESHARDABLE
+    if fixed and layout != {k: ours[k] for k in layout}:
         raise CheckpointError(
             f"checkpoint '{ckpt_dir}' was saved with the distributed optimizer at parallel."
             f"{' '.join(f'{k}={v}' for k, v in layout.items())}, this run has "
-            f"{' '.join(f'{k}={ours[k]}' for k in layout)}: that optimizer state reshards across data parallelism "
-            f"only; resume at the checkpoint's tp/pp/vpp (any number of data-parallel replicas)")
+            f"{' '.join(f'{k}={ours[k]}' for k in layout)}: its optimizer state (checkpoint.optimizer_format="
+            f"dp_reshardable) reshards across data parallelism only; resume at the checkpoint's tp/pp/vpp (any "
+            f"number of data-parallel replicas), then save with checkpoint.optimizer_format=fully_reshardable to "
+            f"change them")
 
 
 def write_run_info(ckpt_dir: str, info: dict) -> None:
@@ -219,11 +240,9 @@ def check_run_info(ckpt_dir: str, hf_config: dict, projector: Optional[dict], mo
     """CheckpointError if the checkpoint's weights belong to another model, its projection head
     (`projector`: {"proj_dim", "proj_hidden_dim"}, None without MCPO) has other sizes, or its optimizer
     state cannot be loaded at this run's `layout` (optimizer_layout; None: not checked)."""
-    path = os.path.join(ckpt_dir, RUN_INFO)
-    if not os.path.isfile(path):
-        return  # older checkpoints: the shape check at load is all there is
-    with open(path) as f:
-        info = json.load(f)
+    info = _read_run_info(ckpt_dir)
+    if info is None:
+        return  # the shape check at load is all there is
     saved, ours = info.get("model", {}), model_identity(hf_config)
     diff = {k: (saved[k], ours[k]) for k in saved.keys() & ours.keys() if saved[k] != ours[k]}
     if diff:
@@ -235,4 +254,5 @@ def check_run_info(ckpt_dir: str, hf_config: dict, projector: Optional[dict], mo
         if saved_proj and k in saved_proj and saved_proj[k] != projector[k]:
             raise CheckpointError(f"checkpoint '{ckpt_dir}' has an MCPO projection head with {k}={saved_proj[k]}, "
                                   f"this run has mcpo.{k}={projector[k]}")
-    _check_optimizer_layout(ckpt_dir, info.get("optimizer_layout"), layout)
+    _check_optimizer_layout(ckpt_dir, info.get("optimizer_layout"), layout,
+                            info.get("optimizer_format", DP_RESHARDABLE))

@@ -14,6 +14,8 @@ single-tensor loop, kept so CPU runs keep their numbers). `init_adam_state()` gi
 its first step would create: megatron's distributed optimizer reads the step count from it to save or
 load a checkpoint (TE's and Apex's Adam keep it in the param groups), so a fresh one could do neither;
 it saves the count in the param groups and does not put it back on load: `restore_adam_step()` does.
+`install()` also keeps its loader of a 'fully_reshardable' checkpoint from asking that format for the
+step it does not store.
 """
 from __future__ import annotations
 
@@ -57,7 +59,29 @@ def install() -> bool:
     clip_grads.l2_norm_impl = foreach_l2_norm
     clip_grads.multi_tensor_scale_impl = foreach_scale
     optimizer.multi_tensor_scale_impl = foreach_scale
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    if not getattr(DistributedOptimizer._set_main_param_and_optimizer_states, "_keeps_adam_step", False):
+        DistributedOptimizer._set_main_param_and_optimizer_states = _keeping_adam_step(
+            DistributedOptimizer._set_main_param_and_optimizer_states)
     return True
+
+
+def _keeping_adam_step(set_states):
+    """megatron's loader of a 'fully_reshardable' checkpoint copies every key of a parameter's optimizer
+    state from the checkpoint's, torch Adam's `step` included, which that format keeps in the param groups
+    instead (its loader skips it; megatron's load_state_dict has already put it in the state from there):
+    a KeyError. The wrapped setter leaves the step as it is."""
+    def set_main_param_and_optimizer_states(self, model_param, tensors):
+        group_index, group_order = self.model_param_group_index_map[model_param]
+        state = self.optimizer.state.get(self.optimizer.param_groups[group_index]["params"][group_order], {})
+        precision_aware = getattr(self.config, "use_precision_aware_optimizer_no_fp8_or_ds_fp8", False)
+        if "step" in state and "step" not in tensors and not precision_aware:  # (that path sets no step)
+            tensors = {**tensors, "step": state["step"]}
+        return set_states(self, model_param, tensors)
+
+    set_main_param_and_optimizer_states._keeps_adam_step = True
+    return set_main_param_and_optimizer_states
 
 
 def inner_optimizers(megatron_optimizer) -> list:

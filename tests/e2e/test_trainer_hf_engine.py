@@ -89,9 +89,9 @@ def test_hf_engine_with_tensor_parallel_training(tmp_path):
         assert ma[key] == mb[key], key
 
 
-def _run_recipe(rank, out, total_steps, resume):
+def _run_recipe(rank, out, total_steps, resume, tp=1):
     """The example configs' recipe on the tiny model: bf16 parameters (fp32 main parameters), the
-    distributed optimizer, a KL term, full activation recompute."""
+    distributed optimizer (its checkpoint fully_reshardable), a KL term, full activation recompute."""
     from megatron_mcpo.config import load_config
     from megatron_mcpo.validation import validate_launched
     from megatron_mcpo.build import build_trainer
@@ -100,6 +100,7 @@ def _run_recipe(rank, out, total_steps, resume):
         "model.params_dtype=bf16", "parallel.use_distributed_optimizer=true", "algorithm.kl_coef=0.01",
         "model.recompute_granularity=full", "parallel.micro_batch_size=2",
         "optimizer.lr=1e-3", f"run.total_steps={total_steps}", f"run.output_dir={out}",
+        f"parallel.tp={tp}", "checkpoint.optimizer_format=fully_reshardable",
         f"logging.log_dir={out}/logs", f"checkpoint.save_dir={out}/ckpt",
         *([f"checkpoint.load_dir={out}/ckpt"] if resume else [])])
     trainer = build_trainer(validate_launched(cfg))
@@ -109,15 +110,15 @@ def _run_recipe(rank, out, total_steps, resume):
         trainer.close()
 
 
-def test_bf16_distributed_optimizer_recipe_checkpoints_and_resumes_at_another_dp(tmp_path):
-    """Two data-parallel ranks take a step and save; one rank resumes and takes the next. The policy stays
+def test_bf16_distributed_optimizer_recipe_checkpoints_and_resumes_at_another_layout(tmp_path):
+    """Two data-parallel ranks take a step and save; a TP2 run resumes and takes the next. The policy stays
     near the weights it loaded (KL to them, the reference, small: a bf16 run's first update used to write
     the optimizer's copy of megatron's random initial weights back, KL 0.56 here at step 2), and the
-    distributed optimizer's checkpoint loads at another data-parallel size."""
+    distributed optimizer's checkpoint, saved fully_reshardable, loads at another TP and DP size."""
     out = str(tmp_path)
     a, b = run_distributed(_run_recipe, world_size=2, timeout=1200, out=out, total_steps=1, resume=False)
     assert a["end"] == b["end"] == (1, 1)
-    (resumed,) = run_distributed(_run_recipe, world_size=1, timeout=1200, out=out, total_steps=2, resume=True)
+    resumed, _ = run_distributed(_run_recipe, world_size=2, timeout=1200, out=out, total_steps=2, resume=True, tp=2)
     assert resumed["end"] == (2, 2)
     (m1,), (m2,) = a["history"], resumed["history"]
     for m in (m1, m2):

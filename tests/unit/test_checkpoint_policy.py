@@ -6,7 +6,9 @@ import json
 import pytest
 
 from megatron_mcpo.config import CheckpointConfig
-from megatron_mcpo.training.ckpt_files import CheckpointError, check_run_info, prune_checkpoints, resume_source
+from megatron_mcpo.training.ckpt_files import (
+    CheckpointError, check_run_info, prune_checkpoints, resume_source, saved_optimizer_format,
+)
 
 
 def _ckpt(d, step=2):
@@ -77,8 +79,9 @@ def test_run_info_names_both_models(tmp_path):
 
 
 def test_run_info_refuses_an_optimizer_state_this_layout_cannot_load(tmp_path):
-    """The distributed optimizer's state reshards across DP only, and neither optimizer reads the other's
-    (both fail deep in dist_checkpointing with a KeyError otherwise)."""
+    """The distributed optimizer's state saved as dp_reshardable reshards across DP only (as
+    fully_reshardable, across everything), and neither optimizer reads the other's (both fail deep in
+    dist_checkpointing with a KeyError otherwise)."""
     from megatron_mcpo.config import ParallelConfig
     from megatron_mcpo.training.ckpt_files import optimizer_layout
 
@@ -88,9 +91,18 @@ def test_run_info_refuses_an_optimizer_state_this_layout_cannot_load(tmp_path):
     (it / "run_info.json").write_text(json.dumps({"model": {}, "optimizer_layout": dist_tp2}))
     check_run_info(str(it), {}, None, "x", dist_tp2)
     check_run_info(str(it), {}, None, "x")  # no layout given: not checked
+    dist_tp1 = optimizer_layout(ParallelConfig(tp=1, use_distributed_optimizer=True))
     with pytest.raises(CheckpointError, match=r"distributed optimizer at parallel.tp=2 pp=1 vpp=None, this run has "
-                                              r"tp=1 pp=1 vpp=None: .* data parallelism only"):
-        check_run_info(str(it), {}, None, "x", optimizer_layout(ParallelConfig(tp=1, use_distributed_optimizer=True)))
+                                              r"tp=1 pp=1 vpp=None: its optimizer state \(checkpoint.optimizer_format="
+                                              r"dp_reshardable\) reshards across data parallelism only; .* save with "
+                                              r"checkpoint.optimizer_format=fully_reshardable to change them"):
+        check_run_info(str(it), {}, None, "x", dist_tp1)
+    assert saved_optimizer_format(str(it)) == "dp_reshardable"  # saved before the format was recorded
+    (it / "run_info.json").write_text(json.dumps({"model": {}, "optimizer_layout": dist_tp2,
+                                                  "optimizer_format": "fully_reshardable"}))
+    check_run_info(str(it), {}, None, "x", dist_tp1)  # that format loads at any tp/pp/vpp
+    assert saved_optimizer_format(str(it)) == "fully_reshardable"
+    (it / "run_info.json").write_text(json.dumps({"model": {}, "optimizer_layout": dist_tp2}))
     with pytest.raises(CheckpointError, match=r"use_distributed_optimizer=true, this run has false"):
         check_run_info(str(it), {}, None, "x", optimizer_layout(ParallelConfig(tp=2)))
     plain = optimizer_layout(ParallelConfig(tp=2))  # the plain optimizer's state reshards over TP/PP too
