@@ -3,7 +3,8 @@ command line a user runs, for benchmarks/gpu_checks.sh:
 
   1. GRPO: a short supervised warm start (--sft-steps, cached), then 1 RL step with the KL term on
      (algorithm.kl_coef > 0; its reference is the warmed-up policy, so the KL starts at 0);
-  2. MCPO-GRPO from the same cached warm start, 1 RL step, KL on, checkpoint saved;
+  2. MCPO-GRPO from the same cached warm start, 1 RL step, KL on, megatron's distributed optimizer (the
+     users' configs use it), checkpoint saved;
   3. that run resumed from its checkpoint to step 2 (its KL reference from the cache), with a held-out
      evaluation;
   4. the checkpoint exported with tools/convert_megatron_to_hf.py and loaded by transformers (finite logits).
@@ -118,7 +119,7 @@ def main() -> int:
     report["steps"]["grpo"] = grpo
 
     ckpt = os.path.join(out, "ckpt")
-    mcpo = ["algorithm.name=mcpo_grpo", f"checkpoint.save_dir={ckpt}"]
+    mcpo = ["algorithm.name=mcpo_grpo", f"checkpoint.save_dir={ckpt}", "parallel.use_distributed_optimizer=true"]
     (first,) = train(out, "mcpo", args, mcpo + ["run.total_steps=1"])
     finite(first, "pg_loss", "grad_norm", "kl_loss", "mcpo/loss_cl", "mcpo/pos_ratio")
     assert first["step"] == 1 and os.path.isfile(os.path.join(ckpt, "latest_iteration.txt")), first

@@ -11,6 +11,7 @@ import os
 import shutil
 from typing import Callable, Optional
 
+import torch
 import torch.distributed as dist
 
 from megatron_mcpo.models.policy import unwrap
@@ -159,7 +160,10 @@ def load_checkpoint(state, ckpt_dir: str, load_optimizer: bool = True) -> dict:
     loaded = _load(sd, ckpt_dir)
     _load_model_state(chunks, loaded)
     if load_optimizer:
-        state.optimizer.load_state_dict(loaded["optimizer"])
+        # megatron's dp_reshardable loader copies into the main parameters outside no_grad: with fp32
+        # parameters those are views of the model's own, and autograd refuses the in-place copy
+        with torch.no_grad():
+            state.optimizer.load_state_dict(loaded["optimizer"])
         restore_adam_step(state.optimizer)
         state.scheduler.load_state_dict(loaded["scheduler"])
     common = loaded.get("common", {})

@@ -1,19 +1,21 @@
-"""The distributed optimizer's checkpoint (bf16 parameters, fp32 main-parameter and Adam shards, no TE/Apex)
-reshards across data parallelism: saved by 2 data-parallel ranks after one step, loaded by 1, whose next
-step equals the 2-rank run's next step bit for bit (elementwise Adam on the same values; clipping off, so
-no norm summed in another order enters). Saved as fully_reshardable, across TP and PP too."""
+"""The distributed optimizer's checkpoint (bf16 parameters, fp32 main-parameter and Adam shards, no TE/Apex;
+or fp32 parameters, whose main parameters are views of the model's) reshards across data parallelism:
+saved by 2 data-parallel ranks after one step, loaded by 1, whose next step equals the 2-rank run's next
+step bit for bit (elementwise Adam on the same values; clipping off, so no norm summed in another order
+enters). Saved as fully_reshardable, across TP and PP too."""
+import pytest
 import torch
 
 from dist_utils import run_distributed
 
 
-def _state(seed: int, tp: int = 1, pp: int = 1):
+def _state(seed: int, tp: int = 1, pp: int = 1, dtype: str = "bf16"):
     from megatron_mcpo.config import load_config
     from megatron_mcpo.distributed import init_distributed
     from megatron_mcpo.models.families import tiny_hf_config
     from megatron_mcpo.training.optimizer import setup_train_state
 
-    cfg = load_config(overrides=["run.device=cpu", "model.params_dtype=bf16", "optimizer.lr=1e-2",
+    cfg = load_config(overrides=["run.device=cpu", f"model.params_dtype={dtype}", "optimizer.lr=1e-2",
                                  "optimizer.clip_grad=0", "parallel.use_distributed_optimizer=true",
                                  f"parallel.tp={tp}", f"parallel.pp={pp}"])
     groups = init_distributed(device="cpu", tp=tp, pp=pp)
@@ -31,26 +33,29 @@ def _step(state, seed: int) -> list:
     return [p.detach().clone() for p in state.policy.parameters()]
 
 
-def _save_on_two(rank, save_dir):
+def _save_on_two(rank, save_dir, dtype):
     from megatron_mcpo.training.checkpoint import save_checkpoint
 
-    state = _state(0)
+    state = _state(0, dtype=dtype)
     _step(state, 1)
     path = save_checkpoint(state, save_dir)
     return path, _step(state, 2)
 
 
-def _resume_on_one(rank, path):
+def _resume_on_one(rank, path, dtype):
     from megatron_mcpo.training.checkpoint import load_checkpoint
 
-    state = _state(7)  # other initial weights: everything comes from the checkpoint
+    state = _state(7, dtype=dtype)  # other initial weights: everything comes from the checkpoint
     load_checkpoint(state, path)
     return _step(state, 2)
 
 
-def test_distributed_optimizer_checkpoint_reshards_across_data_parallelism(tmp_path):
-    (path, two), _ = run_distributed(_save_on_two, world_size=2, timeout=300, save_dir=str(tmp_path))
-    (one,) = run_distributed(_resume_on_one, world_size=1, timeout=300, path=path)
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_distributed_optimizer_checkpoint_reshards_across_data_parallelism(tmp_path, dtype):
+    """fp32: megatron's loader copies into those views outside no_grad (autograd refused it: every fp32 run
+    with the distributed optimizer failed to resume)."""
+    (path, two), _ = run_distributed(_save_on_two, world_size=2, timeout=300, save_dir=str(tmp_path), dtype=dtype)
+    (one,) = run_distributed(_resume_on_one, world_size=1, timeout=300, path=path, dtype=dtype)
     assert len(one) == len(two) > 0
     for a, b in zip(one, two):
         assert torch.equal(a, b)

@@ -92,12 +92,12 @@ def _adam_state(optimizer) -> dict:
             for k, v in o.state[p].items()}
 
 
-def _save_while_offloaded(rank, hf_dir, save_dir):
+def _save_while_offloaded(rank, hf_dir, save_dir, recipe):
     from weights.refit_helpers import fixed_tokens, sgd_steps, train_state
 
     from megatron_mcpo.training.checkpoint import load_checkpoint, save_checkpoint
 
-    state, _ = train_state(hf_dir)
+    state, _ = train_state(hf_dir, recipe=recipe)
     sgd_steps(state, fixed_tokens(seed=3), steps=2)
     eng = _Engine()
     mem = ColocatedMemory(eng, state, sleep_level=2, offload_grads=True, offload_optimizer=True,
@@ -108,18 +108,28 @@ def _save_while_offloaded(rank, hf_dir, save_dir):
     with mem.training_state_resident():  # what Trainer.save does
         path = save_checkpoint(state, save_dir)
     offloaded = all(v.untyped_storage().nbytes() == 0 for v in _adam_state(state.optimizer).values())
-    resumed, _ = train_state(hf_dir)
+    resumed, _ = train_state(hf_dir, recipe=recipe)
     load_checkpoint(resumed, path)
     loaded = _adam_state(resumed.optimizer)
-    return {"calls": eng.calls, "offloaded_after": offloaded, "keys": sorted(adam) == sorted(loaded),
-            "equal": [torch.equal(v, loaded[k]) for k, v in adam.items()]}
+    out = {"calls": list(eng.calls), "offloaded_after": offloaded, "keys": sorted(adam) == sorted(loaded),
+           "equal": [torch.equal(v, loaded[k]) for k, v in adam.items()]}
+    mem.to_training()  # the next step's: the state back from host memory
+    for s in (state, resumed):
+        sgd_steps(s, fixed_tokens(seed=4), steps=1)
+    out["next_step_equal"] = [torch.equal(a, b) for a, b in zip(state.policy.parameters(), resumed.policy.parameters())]
+    return out
 
 
-def test_a_checkpoint_saved_while_offloaded_holds_the_optimizer_state(tiny_dirs, tmp_path):
+@pytest.mark.parametrize("recipe", [False, True], ids=["fp32", "bf16_distributed_optimizer"])
+def test_a_checkpoint_saved_while_offloaded_holds_the_optimizer_state(tiny_dirs, tmp_path, recipe):
+    """Offloaded optimizer state (with the recipe: fp32 main-parameter and Adam shards of megatron's
+    distributed optimizer) is saved whole, and after it comes back from host memory the next step
+    equals the step of a run resumed from that checkpoint, bit for bit."""
     from dist_utils import run_distributed
 
     (r,) = run_distributed(_save_while_offloaded, world_size=1, timeout=300, hf_dir=tiny_dirs["qwen3"],
-                           save_dir=str(tmp_path))
+                           save_dir=str(tmp_path), recipe=recipe)
     assert r["keys"] and r["equal"] and all(r["equal"]) and r["offloaded_after"]
+    assert r["next_step_equal"] and all(r["next_step_equal"])
     # the engine sleeps at level 1 for the save (its weights kept: no refit) and wakes whole after it
     assert r["calls"][-2:] == [("sleep", 1), ("wake_up", ("weights", "kv_cache"))]

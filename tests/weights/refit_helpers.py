@@ -13,8 +13,10 @@ def hf_config(hf_dir: str) -> dict:
         return json.load(f)
 
 
-def train_state(hf_dir: str, tp: int = 1, pp: int = 1, vpp=None, lr: float = 3e-3, temperature: float = 1.0):
-    """(TrainState, groups) for this process's layout, HF weights loaded; log-probs at `temperature`."""
+def train_state(hf_dir: str, tp: int = 1, pp: int = 1, vpp=None, lr: float = 3e-3, temperature: float = 1.0,
+                recipe: bool = False):
+    """(TrainState, groups) for this process's layout, HF weights loaded; log-probs at `temperature`;
+    `recipe`: the example configs' bf16 parameters and distributed optimizer."""
     from megatron_mcpo.config import Config
     from megatron_mcpo.distributed import init_distributed
     from megatron_mcpo.training.optimizer import set_policy_weights, setup_train_state
@@ -25,6 +27,8 @@ def train_state(hf_dir: str, tp: int = 1, pp: int = 1, vpp=None, lr: float = 3e-
     cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.vpp = tp, pp, vpp
     cfg.optimizer.lr, cfg.optimizer.weight_decay = lr, 0.0
     cfg.rollout.temperature = temperature
+    if recipe:
+        cfg.model.params_dtype, cfg.parallel.use_distributed_optimizer = "bf16", True
     state = setup_train_state(cfg, hf_config(hf_dir), groups)
     set_policy_weights(state, lambda chunks: load_hf_weights(chunks, hf_dir, groups))
     return state, groups
