@@ -20,8 +20,8 @@
 #                1 and 4, with a torch.profiler table per system
 #   mcpo_overhead benchmarks/mcpo_overhead.py on the device
 #   rl_loop      benchmarks/rl_loop_check.py: GRPO and MCPO-GRPO through `mcpo demo` (a 100-step supervised
-#                warm start, so the rollouts earn rewards) with rollout.engine=hf, KL term on, checkpoint,
-#                resume, HF export
+#                warm start, so the rollouts earn rewards) with rollout.engine=hf, KL term on, checkpoint
+#                (MCPO runs: megatron's distributed optimizer), resume, HF export
 # Logs, result JSONs and OUT/summary.md (the one summary file) go to $OUT (default outputs/gpu_checks).
 # Copy the result JSONs worth keeping to benchmarks/results/ and update README "GPU status".
 set -u -o pipefail

@@ -175,6 +175,9 @@ def validate(
     o = cfg.optimizer
     require(o.lr >= 0 and o.min_lr >= 0, "optimizer.lr: must be >= 0")
     require(o.clip_grad >= 0, "optimizer.clip_grad: must be >= 0")
+    require(o.optimizer == "adam" or not cfg.parallel.use_distributed_optimizer,  # megatron asserts it, deep inside
+            f"parallel.use_distributed_optimizer: megatron's distributed optimizer takes optimizer.optimizer=adam "
+            f"only, got {o.optimizer}")
     require(o.lr_warmup_steps >= 0, "optimizer.lr_warmup_steps: must be >= 0 (optimizer steps)")
     require(o.lr_decay_steps is None or o.lr_decay_steps > o.lr_warmup_steps,
              f"optimizer.lr_decay_steps: must exceed lr_warmup_steps={o.lr_warmup_steps} (both in optimizer steps)")

@@ -72,6 +72,8 @@ def test_overrides_apply_over_yaml(tmp_path):
         (["algorithm.rollout_correction.token_mask_low=0.5"], "algorithm.rollout_correction.token_mask_low"),
         (["rollout.temperature=0"], "rollout.temperature"),
         (["optimizer.lr_warmup_steps=10", "optimizer.lr_decay_steps=10"], "optimizer.lr_decay_steps"),
+        (["optimizer.optimizer=sgd", "parallel.use_distributed_optimizer=true"],
+         "parallel.use_distributed_optimizer: megatron's distributed optimizer takes optimizer.optimizer=adam"),
     ],
 )
 def test_validation_names_the_field_before_any_process_group(overrides, field):
