@@ -6,7 +6,7 @@ command line a user runs, for benchmarks/gpu_checks.sh:
   2. MCPO-GRPO from the same cached warm start, 1 RL step, KL on, megatron's distributed optimizer (the
      users' configs use it), checkpoint saved;
   3. that run resumed from its checkpoint to step 2 (its KL reference from the cache), with a held-out
-     evaluation;
+     evaluation, saving in checkpoint.optimizer_format=fully_reshardable (its gather to host memory);
   4. the checkpoint exported with tools/convert_megatron_to_hf.py and loaded by transformers (finite logits).
 On a GPU every run is colocated with gradient-buffer and optimizer-state offload, and each step must free
 and re-take memory (the memory/* metrics, reported by benchmarks/gpu_checks_summary.py); it trains in bf16
@@ -126,7 +126,8 @@ def main() -> int:
     report["steps"]["mcpo_step1"] = first
 
     resumed = train(out, "mcpo", args, mcpo + [
-        "run.total_steps=2", f"checkpoint.load_dir={ckpt}", "eval.every=1", "eval.prompts_per_domain=2"])
+        "run.total_steps=2", f"checkpoint.load_dir={ckpt}", "eval.every=1", "eval.prompts_per_domain=2",
+        "checkpoint.optimizer_format=fully_reshardable"])
     second = resumed[-1]  # the JSONL holds both runs' lines
     assert len(resumed) == 2 and second["step"] == 2, resumed
     assert second["optimizer_steps"] == 2 * first["optimizer_steps"], (first["optimizer_steps"], second["optimizer_steps"])
@@ -135,6 +136,10 @@ def main() -> int:
     assert second["mcpo/loss_cl"] > 0 and second["proj_grad_norm"] > 0, "the MCPO term did not train at step 2"
     assert 0 < second["kl_loss"] < 0.05, "the resumed run's KL reference is not the warmed-up policy"
     report["steps"]["mcpo_step2_resumed"] = second
+    with open(os.path.join(ckpt, "latest_iteration.txt")) as f:
+        latest = os.path.join(ckpt, f"iter_{int(f.read()):07d}")
+    with open(os.path.join(latest, "run_info.json")) as f:
+        assert json.load(f)["optimizer_format"] == "fully_reshardable", f"{latest} is not fully_reshardable"
     if args.device == "cuda":  # each process's step hands the GPU over both ways
         for m in (grpo, first, second):
             assert all(m[k] > 0 for k in MEMORY_FREED), {k: m.get(k) for k in MEMORY_FREED}
