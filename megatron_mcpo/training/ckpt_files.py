@@ -4,8 +4,8 @@ run resumes from, whether a save directory may be written, per-file checksums an
 A save directory holds iter_NNNNNNN/ checkpoints and latest_iteration.txt, written last. Each
 iteration directory also holds `checksums.json` ({relative path: [size, sha256]} of every other file)
 and `run_info.json` (the model and projection head the weights belong to, the parallel layout and format
-of the optimizer state), both written before the
-marker, so a checkpoint named by the marker is complete and can be verified.
+of the optimizer state), both written before the marker, so a checkpoint named by the marker is complete
+and can be verified.
 """
 from __future__ import annotations
 
