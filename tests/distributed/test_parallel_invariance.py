@@ -1,7 +1,8 @@
 """TP=2, PP=2 (+VPP) and DP=2 reproduce the single-process forward and train step (fp32, gloo), and so
 do TP=2 with full activation recompute and PP=2 with selective (core attention) recompute, the example
 configs' setting (each recomputed block counted, so the recompute is known to run). At DP=2 megatron's
-distributed optimizer's Adam step equals the plain optimizer's.
+distributed optimizer's Adam step equals the plain optimizer's, with its reduce-scatter overlapped with
+the backward pass (parallel.overlap_grad_reduce) or not.
 
 One reference process saves its randomly initialised tiny Qwen3 (tied embeddings, QK-norm) as a
 dist_checkpointing checkpoint and computes log-probs, entropy, pooled hidden states, loss, grad norm
@@ -43,7 +44,8 @@ def _loss_fn(total_tokens):
     return loss_fn
 
 
-def _worker(rank, tp, pp, vpp, ckpt, save, mbs, recompute=None, optimizer="sgd", distributed_optimizer=False):
+def _worker(rank, tp, pp, vpp, ckpt, save, mbs, recompute=None, optimizer="sgd", distributed_optimizer=False,
+            overlap_grad_reduce=False):
     from megatron_mcpo.config import Config
     from megatron_mcpo.distributed import init_distributed
     from megatron_mcpo.models.families import tiny_hf_config
@@ -58,6 +60,7 @@ def _worker(rank, tp, pp, vpp, ckpt, save, mbs, recompute=None, optimizer="sgd",
     cfg.optimizer.optimizer, cfg.optimizer.lr = optimizer, 0.5 if optimizer == "sgd" else 1e-3
     cfg.model.recompute_granularity = recompute
     cfg.parallel.use_distributed_optimizer = distributed_optimizer
+    cfg.parallel.overlap_grad_reduce = overlap_grad_reduce
     groups = init_distributed(tp=tp, pp=pp, vpp=vpp, device="cpu", seed=7)
     hf = tiny_hf_config("qwen3")
     state = setup_train_state(cfg, hf, groups)
@@ -82,7 +85,8 @@ def _worker(rank, tp, pp, vpp, ckpt, save, mbs, recompute=None, optimizer="sgd",
     finally:
         tensor_parallel.checkpoint = checkpoint
     after = forward_outputs(state.policy, mb_list)
-    result = {"metrics": metrics, "index": local["index"], "last": groups.is_last_stage, "recomputed": len(recomputed)}
+    result = {"metrics": metrics, "index": local["index"], "last": groups.is_last_stage, "recomputed": len(recomputed),
+              "overlap": state.policy.chunks[0].ddp_config.overlap_grad_reduce}
     if groups.is_last_stage:
         b, a = concat_outputs(before), concat_outputs(after)
         result.update(logprobs=b.logprobs, entropy=b.entropy, pooled=b.pooled, after=a.logprobs)
@@ -112,7 +116,10 @@ RECOMPUTED = {"tp2_recompute_full": 4 * 4, "pp2_recompute_selective": 2 * 4}
 # where the same reduced gradients reach Adam.
 ADAM_AT_DP2 = {"dp2_adam": dict(tp=1, pp=1, vpp=None, optimizer="adam"),
                "dp2_adam_distributed_optimizer": dict(tp=1, pp=1, vpp=None, optimizer="adam",
-                                                      distributed_optimizer=True)}
+                                                      distributed_optimizer=True),
+               # its reduce-scatter launched per bucket during the backward pass
+               "dp2_adam_distributed_optimizer_overlap": dict(tp=1, pp=1, vpp=None, optimizer="adam",
+                                                              distributed_optimizer=True, overlap_grad_reduce=True)}
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +146,10 @@ def test_layout_matches_single_process(reference, layouts, layout):
     assert (ref["after"][response] - ref["logprobs"][response]).abs().max() > 1e-3
 
 
-def test_distributed_optimizer_step_equals_the_plain_optimizers(layouts):
-    plain, sharded = layouts["dp2_adam"], layouts["dp2_adam_distributed_optimizer"]
+@pytest.mark.parametrize("layout", ["dp2_adam_distributed_optimizer", "dp2_adam_distributed_optimizer_overlap"])
+def test_distributed_optimizer_step_equals_the_plain_optimizers(layouts, layout):
+    plain, sharded = layouts["dp2_adam"], layouts[layout]
+    assert [r["overlap"] for r in sharded] == [layout.endswith("_overlap")] * 2  # megatron's DDP took the setting
     response = _batch()["response_mask"]
     before, after = (rows_by_index(plain, k, B)[response] for k in ("logprobs", "after"))
     assert (after - before).abs().max() > 1e-3  # the step moved the policy
