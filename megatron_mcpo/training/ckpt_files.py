@@ -204,10 +204,15 @@ def _read_run_info(ckpt_dir: str) -> Optional[dict]:
         return json.load(f)
 
 
+def _optimizer_format(info: dict) -> str:
+    """The optimizer format a run_info records (written by save_checkpoint; older checkpoints:
+    dp_reshardable, the only one then)."""
+    return info.get("optimizer_format", DP_RESHARDABLE)
+
+
 def saved_optimizer_format(ckpt_dir: str) -> str:
-    """The format the checkpoint's distributed-optimizer state was saved in (run_info.json, written by
-    save_checkpoint; older checkpoints: dp_reshardable, the only one then)."""
-    return (_read_run_info(ckpt_dir) or {}).get("optimizer_format", DP_RESHARDABLE)
+    """The format the checkpoint's distributed-optimizer state was saved in (its run_info.json)."""
+    return _optimizer_format(_read_run_info(ckpt_dir) or {})
 
 
 def _check_optimizer_layout(ckpt_dir: str, saved: Optional[dict], ours: Optional[dict], saved_format: str) -> None:
@@ -254,5 +259,4 @@ def check_run_info(ckpt_dir: str, hf_config: dict, projector: Optional[dict], mo
         if saved_proj and k in saved_proj and saved_proj[k] != projector[k]:
             raise CheckpointError(f"checkpoint '{ckpt_dir}' has an MCPO projection head with {k}={saved_proj[k]}, "
                                   f"this run has mcpo.{k}={projector[k]}")
-    _check_optimizer_layout(ckpt_dir, info.get("optimizer_layout"), layout,
-                            info.get("optimizer_format", DP_RESHARDABLE))
+    _check_optimizer_layout(ckpt_dir, info.get("optimizer_layout"), layout, _optimizer_format(info))
